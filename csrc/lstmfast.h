@@ -1,0 +1,102 @@
+/* lstmfast C API: one direction of one recurrent layer, forward and BPTT backward.
+ *
+ * All arrays are row-major and contiguous along their last axis; a row stride (ld*)
+ * is given where a caller may pass a column slice (the two halves of a bidirectional
+ * output). Shapes use T timesteps, B batch rows, I input features, H hidden units,
+ * P = size of h (the projection size for an LSTM with projection, else H) and
+ * G = gates per cell (LSTM 4: i f g o; GRU 3: r z n; RNN 1).
+ *
+ * The caller (the Cython binding) validates every size and pointer before a call and
+ * allocates every buffer; kernels never allocate, hold no global state and call BLAS
+ * only through the table they are handed, so they can run concurrently and without
+ * the GIL. Kernels return LF_OK or a negative LF_E* code.
+ */
+#ifndef LSTMFAST_H
+#define LSTMFAST_H
+
+#include <stddef.h>
+
+/* Fortran BLAS signatures, as scipy.linalg.cython_blas exports them. */
+typedef void (*lf_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                            float *alpha, float *a, int *lda, float *b, int *ldb,
+                            float *beta, float *c, int *ldc);
+typedef void (*lf_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                            double *alpha, double *a, int *lda, double *b, int *ldb,
+                            double *beta, double *c, int *ldc);
+
+typedef struct {
+    lf_sgemm_fn sgemm;
+    lf_dgemm_fn dgemm;
+} lf_blas;
+
+enum lf_cell { LF_LSTM = 0, LF_GRU = 1, LF_RNN_TANH = 2, LF_RNN_RELU = 3 };
+
+enum { LF_OK = 0, LF_EARG = -1 };
+
+/* The shape of one direction of one layer.
+ * seq_len T, batch B, input_size I, hidden_size H, out_size P.
+ * lengths: NULL (every sequence has T steps) or [B] valid lengths in 1..T sorted in
+ * non-increasing order, so that the rows active at any step are a prefix of the batch.
+ * reverse: process t = T-1 .. 0; with lengths each row starts at its own last step. */
+typedef struct {
+    int cell, seq_len, batch, input_size, hidden_size, out_size, reverse;
+    const int *lengths;
+} lf_dims;
+
+/* Gates per cell, and the size of the per-step extra cache (LSTM: c_t, GRU: the
+ * recurrent part of n, RNN: none) in elements per row. */
+int lf_num_gates(int cell);
+int lf_aux_size(int cell, int H);
+
+/* Elements of scratch that lf_forward_* / lf_backward_* need for these dims. */
+size_t lf_forward_work_size(const lf_dims *d, int training);
+size_t lf_backward_work_size(const lf_dims *d);
+
+/* Forward.
+ *   x [T*B, I] (row stride ldx); w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or NULL;
+ *   w_hr [P, H] (LSTM with projection, else NULL); h0 [B, P], c0 [B, H] or NULL (zeros).
+ *   y [T*B, P] (row stride ldy) receives h_t, zero past each row's length;
+ *   h_n [B, P], c_n [B, H] (c_n NULL unless LSTM) receive each row's final state.
+ *   Training: gates [T*B, G*H] receives the gate activations and aux [T*B, aux_size]
+ *   the extra cache; both feed lf_backward. Inference: gates and aux are NULL.
+ *   work: lf_forward_work_size(d, training) elements. */
+int lf_forward_f32(const lf_blas *blas, const lf_dims *d,
+                   const float *x, int ldx, const float *w_ih, const float *w_hh,
+                   const float *b_ih, const float *b_hh, const float *w_hr,
+                   const float *h0, const float *c0,
+                   float *y, int ldy, float *h_n, float *c_n,
+                   float *gates, float *aux, float *work);
+int lf_forward_f64(const lf_blas *blas, const lf_dims *d,
+                   const double *x, int ldx, const double *w_ih, const double *w_hh,
+                   const double *b_ih, const double *b_hh, const double *w_hr,
+                   const double *h0, const double *c0,
+                   double *y, int ldy, double *h_n, double *c_n,
+                   double *gates, double *aux, double *work);
+
+/* Backward through time, consuming the forward's cache: gates and aux are overwritten
+ * with the gate pre-activation gradients, so each cache is good for one backward.
+ *   x, weights, h0, c0, y as given to / produced by the training forward.
+ *   dy [T*B, P] (row stride lddy); dh_n [B, P], dc_n [B, H] or NULL (zeros).
+ *   dx [T*B, I] (row stride lddx): written, or added to when accumulate_dx is set
+ *   (the second direction of a bidirectional layer); dh0 [B, P], dc0 [B, H] written
+ *   (dc0 NULL unless LSTM). dw_ih, dw_hh, db_ih, db_hh, dw_hr are added to (db_* and
+ *   dw_hr may be NULL when the layer has none).
+ *   work: lf_backward_work_size(d) elements. */
+int lf_backward_f32(const lf_blas *blas, const lf_dims *d,
+                    const float *x, int ldx, const float *w_ih, const float *w_hh,
+                    const float *w_hr, const float *h0, const float *c0,
+                    const float *y, int ldy, float *gates, float *aux,
+                    const float *dy, int lddy, const float *dh_n, const float *dc_n,
+                    float *dx, int lddx, int accumulate_dx, float *dh0, float *dc0,
+                    float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *dw_hr,
+                    float *work);
+int lf_backward_f64(const lf_blas *blas, const lf_dims *d,
+                    const double *x, int ldx, const double *w_ih, const double *w_hh,
+                    const double *w_hr, const double *h0, const double *c0,
+                    const double *y, int ldy, double *gates, double *aux,
+                    const double *dy, int lddy, const double *dh_n, const double *dc_n,
+                    double *dx, int lddx, int accumulate_dx, double *dh0, double *dc0,
+                    double *dw_ih, double *dw_hh, double *db_ih, double *db_hh,
+                    double *dw_hr, double *work);
+
+#endif

@@ -1,0 +1,308 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Binding to the C kernels (csrc/): validates every array, then calls C without the GIL.
+
+Arrays are packed time-major [N, features] (see csrc/recurrence.template.h); the layers
+in layers.py do the packing. Every size, dtype, contiguity and aliasing condition the C
+code relies on is checked here, so a bad call raises instead of reaching the kernel.
+"""
+import numpy as np
+cimport numpy as cnp
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cnp.import_array()
+
+cdef extern from "lstmfast.h" nogil:
+    ctypedef void (*lf_sgemm_fn)(char *, char *, int *, int *, int *, float *, float *,
+                                 int *, float *, int *, float *, float *, int *) noexcept nogil
+    ctypedef void (*lf_dgemm_fn)(char *, char *, int *, int *, int *, double *, double *,
+                                 int *, double *, int *, double *, double *, int *) noexcept nogil
+    ctypedef struct lf_blas:
+        lf_sgemm_fn sgemm
+        lf_dgemm_fn dgemm
+    ctypedef struct lf_dims:
+        int cell, seq_len, batch, input_size, hidden_size, out_size, reverse
+        const int *lengths
+    int LF_OK
+    int lf_num_gates(int cell) noexcept
+    int lf_aux_size(int cell, int H) noexcept
+    size_t lf_forward_work_size(const lf_dims *d, int training) noexcept
+    size_t lf_backward_work_size(const lf_dims *d) noexcept
+    int lf_forward_f32(const lf_blas *, const lf_dims *, const float *, int, const float *,
+                       const float *, const float *, const float *, const float *,
+                       const float *, const float *, float *, int, float *, float *,
+                       float *, float *, float *) noexcept
+    int lf_forward_f64(const lf_blas *, const lf_dims *, const double *, int, const double *,
+                       const double *, const double *, const double *, const double *,
+                       const double *, const double *, double *, int, double *, double *,
+                       double *, double *, double *) noexcept
+    int lf_backward_f32(const lf_blas *, const lf_dims *, const float *, int, const float *,
+                        const float *, const float *, const float *, const float *,
+                        const float *, int, float *, float *, const float *, int,
+                        const float *, const float *, float *, int, int, float *, float *,
+                        float *, float *, float *, float *, float *, float *) noexcept
+    int lf_backward_f64(const lf_blas *, const lf_dims *, const double *, int, const double *,
+                        const double *, const double *, const double *, const double *,
+                        const double *, int, double *, double *, const double *, int,
+                        const double *, const double *, double *, int, int, double *,
+                        double *, double *, double *, double *, double *, double *,
+                        double *) noexcept
+
+# Read-only after import: the kernels receive it as a constant table.
+cdef lf_blas _blas
+_blas.sgemm = <lf_sgemm_fn>sgemm
+_blas.dgemm = <lf_dgemm_fn>dgemm
+
+CELLS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
+cdef long long INT_MAX = 2147483647
+
+
+def num_gates(int cell):
+    return lf_num_gates(cell)
+
+
+cdef char *_data(object a, object dtype, tuple shape, str name, bint writable=False) except NULL:
+    """Pointer to a C-contiguous array of exactly this dtype and shape, or an exception."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"{name} must be C-contiguous")
+    if writable and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name} must be writable")
+    return <char *>cnp.PyArray_DATA(arr)
+
+
+cdef char *_opt(object a, object dtype, tuple shape, str name, bint writable=False) except? NULL:
+    if a is None:
+        return NULL
+    return _data(a, dtype, shape, name, writable)
+
+
+cdef char *_cols(object a, object dtype, Py_ssize_t rows, Py_ssize_t col, Py_ssize_t width,
+                 str name, int *ld, bint writable=False) except NULL:
+    """Pointer to columns [col, col+width) of a C-contiguous [rows, ld] array."""
+    if not isinstance(a, np.ndarray) or a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d numpy array")
+    if a.shape[0] != rows or col < 0 or col + width > a.shape[1]:
+        raise ValueError(f"{name} must have {rows} rows and at least {col + width} columns, "
+                         f"got shape {a.shape}")
+    if a.shape[1] > INT_MAX:
+        raise ValueError(f"{name} is too wide for BLAS (32-bit sizes)")
+    ld[0] = <int>a.shape[1]
+    cdef char *p = _data(a, dtype, a.shape, name, writable)
+    cdef Py_ssize_t itemsize = a.itemsize
+    return p + col * itemsize
+
+
+cdef _check_disjoint(outputs, inputs):
+    for oname, o in outputs:
+        for iname, i in inputs:
+            if o is not None and i is not None and np.may_share_memory(o, i):
+                raise ValueError(f"{oname} must not share memory with {iname}")
+
+
+cdef _dims(lf_dims *d, int cell, int T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+           Py_ssize_t P, bint reverse, object lengths):
+    """Fill d after checking every size the kernel relies on; returns (N, lengths array)."""
+    if cell < 0 or cell > 3:
+        raise ValueError(f"unknown cell id {cell}")
+    for name, v in (("T", T), ("batch", B), ("input_size", I), ("hidden_size", H),
+                    ("output size", P)):
+        if v < 1:
+            raise ValueError(f"{name} must be positive, got {v}")
+        if v > INT_MAX:
+            raise ValueError(f"{name}={v} is too large (BLAS takes 32-bit sizes)")
+    if P > H or (P != H and cell != 0):
+        raise ValueError(f"output size {P} must equal hidden_size {H} (or be smaller, for an LSTM projection)")
+    G = lf_num_gates(cell)
+    if G * H > INT_MAX:
+        raise ValueError(f"{G}*hidden_size={G * H} is too large (BLAS takes 32-bit sizes)")
+    cdef long long N
+    if lengths is None:
+        N = <long long>T * B
+        d.lengths = NULL
+    else:
+        if not isinstance(lengths, np.ndarray) or lengths.dtype != np.int32 or \
+                lengths.shape != (B,) or not lengths.flags.c_contiguous:
+            raise ValueError(f"lengths must be a contiguous int32 array of shape ({B},)")
+        if B and (lengths.min() < 1 or lengths.max() > T or np.any(np.diff(lengths) > 0)):
+            raise ValueError(f"lengths must lie in [1, {T}] and be sorted in non-increasing order")
+        N = int(lengths.sum(dtype=np.int64))
+        d.lengths = <const int *>cnp.PyArray_DATA(<cnp.ndarray>lengths)
+    if N > INT_MAX:
+        raise ValueError(f"{N} packed rows (sum of lengths) is too many for BLAS (32-bit sizes)")
+    d.cell = cell; d.seq_len = T; d.batch = <int>B; d.input_size = <int>I
+    d.hidden_size = <int>H; d.out_size = <int>P
+    d.reverse = reverse
+    return N
+
+
+def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
+            bint reverse, bint training, y, Py_ssize_t y_col):
+    """One direction of one layer.
+
+    x [N, I] packed; w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or None; w_hr [P, H]
+    or None; h0 [B, P]; c0 [B, H] (LSTM) or None; lengths int32 [B] non-increasing or None;
+    y [N, >= y_col+P] receives h_t in columns y_col .. y_col+P.
+    Returns (h_n [B, P], c_n [B, H] or None, cache); cache is None unless training.
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ValueError("x must be a 2-d numpy array [N, input_size]")
+    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or not isinstance(h0, np.ndarray) \
+            or h0.ndim != 2:
+        raise ValueError("w_hh and h0 must be 2-d numpy arrays")
+    dtype = x.dtype
+    if dtype != np.float32 and dtype != np.float64:
+        raise TypeError(f"x must be float32 or float64, got {dtype}")
+    cdef lf_dims d
+    G = lf_num_gates(cell) if 0 <= cell <= 3 else 1
+    H = w_hh.shape[0] // G
+    P = h0.shape[1]
+    B = h0.shape[0]
+    I = x.shape[1]
+    N = _dims(&d, cell, T, B, I, H, P, reverse, lengths)
+    is_lstm = cell == 0
+    GH = G * H
+    if w_hh.shape[0] != GH:
+        raise ValueError(f"w_hh must have a multiple of {G} rows, got {w_hh.shape[0]}")
+    if (w_hr is None) != (P == H):
+        raise ValueError("w_hr must be given exactly when the output size differs from hidden_size")
+    cdef int ldy
+    cdef char *px = _data(x, dtype, (N, I), "x")
+    cdef char *pwih = _data(w_ih, dtype, (GH, I), "w_ih")
+    cdef char *pwhh = _data(w_hh, dtype, (GH, P), "w_hh")
+    cdef char *pbih = _opt(b_ih, dtype, (GH,), "b_ih")
+    cdef char *pbhh = _opt(b_hh, dtype, (GH,), "b_hh")
+    cdef char *pwhr = _opt(w_hr, dtype, (P, H), "w_hr")
+    cdef char *ph0 = _data(h0, dtype, (B, P), "h0")
+    cdef char *pc0 = _data(c0, dtype, (B, H), "c0") if is_lstm else NULL
+    cdef char *py = _cols(y, dtype, N, y_col, P, "y", &ldy, True)
+    _check_disjoint([("y", y)], [("x", x), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
+                                 ("b_hh", b_hh), ("w_hr", w_hr), ("h0", h0), ("c0", c0)])
+
+    h_n = np.empty((B, P), dtype)
+    c_n = np.empty((B, H), dtype) if is_lstm else None
+    gates = np.empty((N, GH), dtype) if training else None
+    aux_size = lf_aux_size(cell, H)
+    aux = np.empty((N, aux_size), dtype) if training and aux_size else None
+    work = np.empty(lf_forward_work_size(&d, training), dtype)
+    cdef char *phn = <char *>cnp.PyArray_DATA(<cnp.ndarray>h_n)
+    cdef char *pcn = <char *>cnp.PyArray_DATA(<cnp.ndarray>c_n) if is_lstm else NULL
+    cdef char *pg = <char *>cnp.PyArray_DATA(<cnp.ndarray>gates) if training else NULL
+    cdef char *pa = <char *>cnp.PyArray_DATA(<cnp.ndarray>aux) if aux is not None else NULL
+    cdef char *pw = <char *>cnp.PyArray_DATA(<cnp.ndarray>work)
+    cdef int ldx = <int>I
+    cdef int rc
+    if dtype == np.float32:
+        with nogil:
+            rc = lf_forward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
+                                <float *>pbih, <float *>pbhh, <float *>pwhr, <float *>ph0,
+                                <float *>pc0, <float *>py, ldy, <float *>phn, <float *>pcn,
+                                <float *>pg, <float *>pa, <float *>pw)
+    else:
+        with nogil:
+            rc = lf_forward_f64(&_blas, &d, <double *>px, ldx, <double *>pwih, <double *>pwhh,
+                                <double *>pbih, <double *>pbhh, <double *>pwhr, <double *>ph0,
+                                <double *>pc0, <double *>py, ldy, <double *>phn, <double *>pcn,
+                                <double *>pg, <double *>pa, <double *>pw)
+    if rc != LF_OK:
+        raise RuntimeError(f"lstmfast forward kernel rejected its arguments (code {rc})")
+    return h_n, c_n, ((gates, aux) if training else None)
+
+
+def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse,
+             y, Py_ssize_t y_col, cache, dy, Py_ssize_t dy_col, dh_n, dc_n,
+             dx, bint accumulate_dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr):
+    """BPTT for one direction of one layer, consuming `cache` from forward.
+
+    Arguments as in forward; dy [N, >= dy_col+P]; dh_n [B, P]; dc_n [B, H] (LSTM);
+    dx [N, I] is written (or added to with accumulate_dx); dw_*, db_* are added to.
+    Returns (dh0 [B, P], dc0 [B, H] or None).
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ValueError("x must be a 2-d numpy array [N, input_size]")
+    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or not isinstance(h0, np.ndarray) \
+            or h0.ndim != 2:
+        raise ValueError("w_hh and h0 must be 2-d numpy arrays")
+    if not isinstance(cache, tuple) or len(cache) != 2:
+        raise ValueError("cache must be the (gates, aux) tuple a training forward returned")
+    dtype = x.dtype
+    if dtype != np.float32 and dtype != np.float64:
+        raise TypeError(f"x must be float32 or float64, got {dtype}")
+    cdef lf_dims d
+    G = lf_num_gates(cell) if 0 <= cell <= 3 else 1
+    H = w_hh.shape[0] // G
+    P = h0.shape[1]
+    B = h0.shape[0]
+    I = x.shape[1]
+    N = _dims(&d, cell, T, B, I, H, P, reverse, lengths)
+    is_lstm = cell == 0
+    GH = G * H
+    if w_hh.shape[0] != GH:
+        raise ValueError(f"w_hh must have a multiple of {G} rows, got {w_hh.shape[0]}")
+    if (w_hr is None) != (P == H) or (w_hr is None) != (dw_hr is None):
+        raise ValueError("w_hr and dw_hr must be given exactly when the output size differs "
+                         "from hidden_size")
+    gates, aux = cache
+    aux_size = lf_aux_size(cell, H)
+    cdef int ldy, lddy, lddx
+    cdef char *px = _data(x, dtype, (N, I), "x")
+    cdef char *pwih = _data(w_ih, dtype, (GH, I), "w_ih")
+    cdef char *pwhh = _data(w_hh, dtype, (GH, P), "w_hh")
+    cdef char *pwhr = _opt(w_hr, dtype, (P, H), "w_hr")
+    cdef char *ph0 = _data(h0, dtype, (B, P), "h0")
+    cdef char *pc0 = _data(c0, dtype, (B, H), "c0") if is_lstm else NULL
+    cdef char *py = _cols(y, dtype, N, y_col, P, "y", &ldy)
+    cdef char *pg = _data(gates, dtype, (N, GH), "gates", True)
+    cdef char *pa = _data(aux, dtype, (N, aux_size), "aux", True) if aux_size else NULL
+    cdef char *pdy = _cols(dy, dtype, N, dy_col, P, "dy", &lddy)
+    cdef char *pdhn = _data(dh_n, dtype, (B, P), "dh_n")
+    cdef char *pdcn = _data(dc_n, dtype, (B, H), "dc_n") if is_lstm else NULL
+    cdef char *pdx = _cols(dx, dtype, N, 0, I, "dx", &lddx, True)
+    cdef char *pdwih = _data(dw_ih, dtype, (GH, I), "dw_ih", True)
+    cdef char *pdwhh = _data(dw_hh, dtype, (GH, P), "dw_hh", True)
+    cdef char *pdbih = _opt(db_ih, dtype, (GH,), "db_ih", True)
+    cdef char *pdbhh = _opt(db_hh, dtype, (GH,), "db_hh", True)
+    cdef char *pdwhr = _opt(dw_hr, dtype, (P, H), "dw_hr", True)
+    inputs = [("x", x), ("w_ih", w_ih), ("w_hh", w_hh), ("w_hr", w_hr), ("h0", h0),
+              ("c0", c0), ("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)]
+    outputs = [("gates", gates), ("aux", aux), ("dx", dx), ("dw_ih", dw_ih),
+               ("dw_hh", dw_hh), ("db_ih", db_ih), ("db_hh", db_hh), ("dw_hr", dw_hr)]
+    _check_disjoint(outputs, inputs)
+    for k in range(len(outputs)):
+        _check_disjoint(outputs[k:k + 1], outputs[k + 1:])
+
+    dh0 = np.empty((B, P), dtype)
+    dc0 = np.empty((B, H), dtype) if is_lstm else None
+    work = np.empty(lf_backward_work_size(&d), dtype)
+    cdef char *pdh0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dh0)
+    cdef char *pdc0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dc0) if is_lstm else NULL
+    cdef char *pw = <char *>cnp.PyArray_DATA(<cnp.ndarray>work)
+    cdef int ldx = <int>I
+    cdef int acc = accumulate_dx
+    cdef int rc
+    if dtype == np.float32:
+        with nogil:
+            rc = lf_backward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
+                                 <float *>pwhr, <float *>ph0, <float *>pc0, <float *>py, ldy,
+                                 <float *>pg, <float *>pa, <float *>pdy, lddy, <float *>pdhn,
+                                 <float *>pdcn, <float *>pdx, lddx, acc, <float *>pdh0,
+                                 <float *>pdc0, <float *>pdwih, <float *>pdwhh,
+                                 <float *>pdbih, <float *>pdbhh, <float *>pdwhr, <float *>pw)
+    else:
+        with nogil:
+            rc = lf_backward_f64(&_blas, &d, <double *>px, ldx, <double *>pwih,
+                                 <double *>pwhh, <double *>pwhr, <double *>ph0,
+                                 <double *>pc0, <double *>py, ldy, <double *>pg,
+                                 <double *>pa, <double *>pdy, lddy, <double *>pdhn,
+                                 <double *>pdcn, <double *>pdx, lddx, acc, <double *>pdh0,
+                                 <double *>pdc0, <double *>pdwih, <double *>pdwhh,
+                                 <double *>pdbih, <double *>pdbhh, <double *>pdwhr,
+                                 <double *>pw)
+    if rc != LF_OK:
+        raise RuntimeError(f"lstmfast backward kernel rejected its arguments (code {rc})")
+    return dh0, dc0

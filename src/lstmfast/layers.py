@@ -1,0 +1,396 @@
+"""Recurrent layers (LSTM, GRU, vanilla RNN) with PyTorch's equations, names and shapes.
+
+One base class holds the machinery every cell shares: argument checks, layers and
+directions, variable lengths (packed internally, the way PyTorch packs sequences),
+dropout between layers, stateful carry, and the cache kept for backward. The
+recurrence itself runs in the C kernels (csrc/), one call per layer and direction.
+"""
+import numpy as np
+
+from . import _kernels
+from .module import Module
+
+__all__ = ["LSTM", "GRU", "RNN"]
+
+_INT_MAX = 2**31 - 1
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > _INT_MAX:
+        raise ValueError(f"{name}={value} is too large (BLAS takes 32-bit sizes)")
+    return int(value)
+
+
+def _as_float_array(name, a, dtype):
+    """a as an ndarray of `dtype`; any real numeric array-like (or torch tensor) is accepted."""
+    if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    return a.astype(dtype, copy=False)
+
+
+class _Packing:
+    """How a [T, B] batch maps to the packed time-major rows the kernels use.
+
+    Without lengths the packed layout is the padded one. With lengths the batch is
+    sorted by length (the caller never sees it) and step t keeps only the rows still
+    running, so no work is done past any sequence's end.
+    """
+
+    def __init__(self, T, B, lengths):
+        self.T, self.B = T, B
+        self.lengths = self.perm = self.inverse = self.index = None
+        self.rows = T * B
+        if lengths is None:
+            return
+        lengths = np.asarray(lengths.detach().cpu().numpy() if hasattr(lengths, "detach")
+                             else lengths)
+        if lengths.dtype.kind not in "iu":
+            raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must have shape ({B},) (one per sequence), "
+                             f"got {lengths.shape}")
+        if lengths.min() < 1 or lengths.max() > T:
+            raise ValueError(f"lengths must lie in [1, {T}] (T={T}), got values in "
+                             f"[{lengths.min()}, {lengths.max()}]")
+        self.perm = np.argsort(-lengths.astype(np.int64), kind="stable")
+        self.inverse = np.argsort(self.perm)
+        self.lengths = np.ascontiguousarray(lengths[self.perm], dtype=np.int32)
+        running = self.lengths[None, :] > np.arange(T)[:, None]            # [T, B]
+        self.index = (np.arange(T)[:, None] * B + self.perm[None, :])[running]
+        self.rows = len(self.index)
+
+    def pack(self, a):
+        """[T, B, F] -> [N, F], contiguous."""
+        flat = a.reshape(self.T * self.B, a.shape[2])
+        return np.ascontiguousarray(flat if self.index is None else flat[self.index])
+
+    def unpack(self, p):
+        """[N, F] -> [T, B, F], zero past each sequence's length."""
+        if self.index is None:
+            return p.reshape(self.T, self.B, p.shape[1])
+        out = np.zeros((self.T * self.B, p.shape[1]), p.dtype)
+        out[self.index] = p
+        return out.reshape(self.T, self.B, p.shape[1])
+
+    def sort_batch(self, s):
+        """State [L*D, B, F] into the packed batch order, contiguous per slice."""
+        return np.ascontiguousarray(s if self.perm is None else s[:, self.perm])
+
+    def unsort_batch(self, s):
+        return s if self.perm is None else np.ascontiguousarray(s[:, self.inverse])
+
+
+class _RNNBase(Module):
+    """The layer, direction and length machinery shared by LSTM, GRU and RNN."""
+
+    _gates = None   # gates per cell
+    _has_cell_state = False
+
+    def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first,
+                 dropout, bidirectional, proj_size, dtype, stateful, seed):
+        super().__init__(dtype)
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.proj_size = _positive_int("proj_size", proj_size, minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), "
+                             f"got {proj_size}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
+                or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.stateful = bool(stateful)
+        self._cell = cell
+        self._rng = np.random.default_rng(seed)
+        self._cache = None
+        self._carry = None
+
+        G, H = self._gates, self.hidden_size
+        if G * H > _INT_MAX:
+            raise ValueError(f"hidden_size={H} is too large (BLAS takes 32-bit sizes)")
+        P = self.proj_size or H
+        D = 2 if self.bidirectional else 1
+        k = 1.0 / np.sqrt(H)
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else D * P
+            if G * H * max(in_size, P) > _INT_MAX:
+                raise ValueError(f"layer {layer} weights have more than 2**31-1 elements")
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                shapes = [("weight_ih" + sfx, (G * H, in_size)), ("weight_hh" + sfx, (G * H, P))]
+                if self.bias:
+                    shapes += [("bias_ih" + sfx, (G * H,)), ("bias_hh" + sfx, (G * H,))]
+                if self.proj_size:
+                    shapes.append(("weight_hr" + sfx, (P, H)))
+                for name, shape in shapes:
+                    self._add_param(name, self._rng.uniform(-k, k, shape))
+
+    # --- shapes -------------------------------------------------------------------
+    @property
+    def _directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _out_size(self):
+        return self.proj_size or self.hidden_size
+
+    def _state_shapes(self, B):
+        LD = self.num_layers * self._directions
+        shapes = [(LD, B, self._out_size)]
+        if self._has_cell_state:
+            shapes.append((LD, B, self.hidden_size))
+        return shapes
+
+    def __repr__(self):
+        args = [str(self.input_size), str(self.hidden_size)]
+        if self.num_layers != 1:
+            args.append(f"num_layers={self.num_layers}")
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False), ("proj_size", 0), ("stateful", False)):
+            if getattr(self, name) != default:
+                args.append(f"{name}={getattr(self, name)}")
+        args += self._extra_repr()
+        args.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+    def _extra_repr(self):
+        return []
+
+    # --- state --------------------------------------------------------------------
+    def reset_state(self):
+        """Forget the state a stateful layer carries between calls."""
+        self._carry = None
+
+    def _initial_state(self, state, B):
+        """The initial state as a list of [L*D, B, F] arrays (zeros where not given)."""
+        shapes = self._state_shapes(B)
+        if state is None and self.stateful and self._carry is not None:
+            if self._carry[0].shape[1] != B:
+                raise ValueError(f"this stateful layer carries state for batch size "
+                                 f"{self._carry[0].shape[1]}, got batch size {B}; "
+                                 f"call reset_state() first")
+            return list(self._carry)
+        if state is None:
+            return [np.zeros(s, self.dtype) for s in shapes]
+        parts = self._split_state(state, "state")
+        out = []
+        for name, p, shape in zip(("h0", "c0"), parts, shapes):
+            p = _as_float_array(name, p, self.dtype) if p is not None else np.zeros(shape, self.dtype)
+            if p.shape != shape:
+                raise ValueError(f"{name} must have shape {shape} "
+                                 f"(num_layers*num_directions, batch, size), got {p.shape}")
+            out.append(p)
+        return out
+
+    def _split_state(self, state, name):
+        if self._has_cell_state:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"{name} must be a tuple (h, c) for {type(self).__name__}, "
+                                f"got {type(state).__name__}")
+            return list(state)
+        return [state]
+
+    # --- forward / backward -------------------------------------------------------
+    def _time_major(self, a):
+        return a.transpose(1, 0, 2) if self.batch_first else a
+
+    def __call__(self, x, state=None, lengths=None):
+        return self.forward(x, state, lengths)
+
+    def forward(self, x, state=None, lengths=None):
+        x = _as_float_array("x", x, self.dtype)
+        layout = "[batch, T, input_size]" if self.batch_first else "[T, batch, input_size]"
+        if x.ndim != 3:
+            raise ValueError(f"x must be 3-d {layout}, got shape {x.shape}")
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"x must have input_size={self.input_size} features in its last "
+                             f"axis {layout}, got shape {x.shape}")
+        x = self._time_major(x)
+        T, B = x.shape[0], x.shape[1]
+        if T < 1 or B < 1:
+            raise ValueError(f"x must have at least one timestep and one sequence, got shape "
+                             f"{self._time_major(x).shape}")
+        if T * B > _INT_MAX:
+            raise ValueError(f"T*batch={T * B} is too large (BLAS takes 32-bit sizes)")
+        pack = _Packing(T, B, lengths)
+        init = [pack.sort_batch(s) for s in self._initial_state(state, B)]
+
+        L, D, P, H = self.num_layers, self._directions, self._out_size, self.hidden_size
+        training = self.training
+        inp = pack.pack(x)
+        finals = [np.empty_like(s) for s in init]
+        layers = []
+        for k in range(L):
+            mask = None
+            if k > 0 and training and self.dropout > 0:
+                keep = self._rng.random(inp.shape) >= self.dropout
+                mask = keep.astype(self.dtype) / self.dtype.type(1 - self.dropout)
+                inp = inp * mask
+            y = np.empty((pack.rows, D * P), self.dtype)
+            caches = []
+            for d in range(D):
+                w = self._weights(k, d)
+                i = k * D + d
+                h_n, c_n, cache = _kernels.forward(
+                    self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("bias_ih"),
+                    w.get("bias_hh"), w.get("weight_hr"), init[0][i],
+                    init[1][i] if self._has_cell_state else None, T, pack.lengths, d == 1,
+                    training, y, d * P)
+                finals[0][i] = h_n
+                if self._has_cell_state:
+                    finals[1][i] = c_n
+                caches.append(cache)
+            layers.append((inp, y, mask, caches))
+            inp = y
+
+        out = pack.unpack(inp)
+        out = np.ascontiguousarray(self._time_major(out)) if self.batch_first else out
+        finals = [pack.unsort_batch(s) for s in finals]
+        if training:
+            self._cache = dict(pack=pack, init=init, layers=layers, y_shape=out.shape)
+        else:
+            self._cache = None
+        if self.stateful:
+            self._carry = [s.copy() for s in finals]
+        return out, (tuple(finals) if self._has_cell_state else finals[0])
+
+    def _weights(self, layer, direction):
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        return {name[: -len(sfx)]: p for name, p in self.params.items() if name.endswith(sfx)}
+
+    def _grads(self, layer, direction):
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        return {name[: -len(sfx)]: g for name, g in self.grads.items() if name.endswith(sfx)}
+
+    def backward(self, dy, dstate=None):
+        """Backpropagate through time; accumulates into ``grads``.
+
+        dy is dL/dy, shaped like the forward's output; dstate is dL/d(final state), or
+        None for zeros. Returns (dx, d(initial state)), shaped like x and the state.
+        The forward's cache is consumed: each forward allows one backward.
+        """
+        if not self.training:
+            raise RuntimeError("backward() needs a forward in training mode; this layer is in "
+                               "eval mode (call .train())")
+        if self._cache is None:
+            raise RuntimeError("backward() must follow a training-mode forward call "
+                               "(and each forward allows only one backward)")
+        c = self._cache
+        pack, init, layers = c["pack"], c["init"], c["layers"]
+        dy = _as_float_array("dy", dy, self.dtype)
+        if dy.shape != c["y_shape"]:
+            raise ValueError(f"dy must have the output's shape {c['y_shape']}, got {dy.shape}")
+        B = pack.B
+        if dstate is None:
+            dfinal = [np.zeros(s, self.dtype) for s in self._state_shapes(B)]
+        else:
+            dfinal = []
+            shapes = self._state_shapes(B)
+            for name, p, shape in zip(("dh_n", "dc_n"), self._split_state(dstate, "dstate"),
+                                      shapes):
+                p = np.zeros(shape, self.dtype) if p is None else _as_float_array(name, p, self.dtype)
+                if p.shape != shape:
+                    raise ValueError(f"{name} must have shape {shape}, got {p.shape}")
+                dfinal.append(p)
+        dfinal = [pack.sort_batch(s) for s in dfinal]
+
+        L, D, P = self.num_layers, self._directions, self._out_size
+        dinit = [np.empty_like(s) for s in init]
+        dyp = pack.pack(self._time_major(dy))
+        for k in reversed(range(L)):
+            inp, y, mask, caches = layers[k]
+            dx = np.empty_like(inp)
+            for d in range(D):
+                w, g = self._weights(k, d), self._grads(k, d)
+                i = k * D + d
+                dh0, dc0 = _kernels.backward(
+                    self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("weight_hr"),
+                    init[0][i], init[1][i] if self._has_cell_state else None, pack.T,
+                    pack.lengths, d == 1, y, d * P, caches[d], dyp, d * P, dfinal[0][i],
+                    dfinal[1][i] if self._has_cell_state else None, dx, d == 1,
+                    g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
+                    g.get("weight_hr"))
+                dinit[0][i] = dh0
+                if self._has_cell_state:
+                    dinit[1][i] = dc0
+            if mask is not None:
+                dx *= mask
+            dyp = dx
+        self._cache = None
+        dx = pack.unpack(dyp)
+        dx = np.ascontiguousarray(self._time_major(dx)) if self.batch_first else dx
+        dinit = [pack.unsort_batch(s) for s in dinit]
+        return dx, (tuple(dinit) if self._has_cell_state else dinit[0])
+
+
+class LSTM(_RNNBase):
+    """Long short-term memory layer, ``torch.nn.LSTM``'s equations and parameter layout.
+
+    x: [T, B, input_size] ([B, T, input_size] with batch_first), any real dtype
+    (converted to ``dtype``). state: (h0, c0), each [num_layers*D, B, H_out] and
+    [num_layers*D, B, hidden_size] (D = 2 if bidirectional; H_out = proj_size or
+    hidden_size), or None for zeros. lengths: optional [B] ints in [1, T]; outputs past
+    a sequence's length are zero and its final state is taken at its last step.
+    Returns y [T, B, D*H_out] (batch-first if set) and (h_n, c_n).
+    Gate order i, f, g, o; parameters weight_ih_l{k}[_reverse] [4H, in],
+    weight_hh_l{k} [4H, H_out], bias_ih_l{k}, bias_hh_l{k} [4H], weight_hr_l{k} [H_out, H].
+    """
+
+    _gates = 4
+    _has_cell_state = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32,
+                 stateful=False, seed=None):
+        super().__init__(_kernels.CELLS["LSTM"], input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, proj_size, dtype, stateful, seed)
+
+
+class GRU(_RNNBase):
+    """Gated recurrent unit layer, ``torch.nn.GRU``'s equations and parameter layout.
+
+    Gate order r, z, n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) and
+    h' = (1 - z) * n + z * h. state: h0 [num_layers*D, B, hidden_size] or None.
+    Returns y [T, B, D*hidden_size] and h_n. Shapes otherwise as for LSTM.
+    """
+
+    _gates = 3
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype=np.float32, stateful=False, seed=None):
+        super().__init__(_kernels.CELLS["GRU"], input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, 0, dtype, stateful, seed)
+
+
+class RNN(_RNNBase):
+    """Elman RNN, h' = act(W_ih x + b_ih + W_hh h + b_hh), ``torch.nn.RNN``'s layout.
+
+    nonlinearity: "tanh" or "relu". state: h0 [num_layers*D, B, hidden_size] or None.
+    Returns y [T, B, D*hidden_size] and h_n. Shapes otherwise as for LSTM.
+    """
+
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, nonlinearity="tanh",
+                 bias=True, batch_first=False, dropout=0.0, bidirectional=False,
+                 dtype=np.float32, stateful=False, seed=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(_kernels.CELLS["RNN_" + nonlinearity.upper()], input_size,
+                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, dtype, stateful, seed)
+
+    def _extra_repr(self):
+        return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []

@@ -1,0 +1,74 @@
+"""The base every lstmfast layer shares: parameters, gradients, train/eval, state_dict."""
+import numpy as np
+
+__all__ = ["Module"]
+
+
+class Module:
+    """A layer that owns named parameters and their gradients.
+
+    ``params`` and ``grads`` are dicts of numpy arrays with the same keys and shapes;
+    ``backward`` accumulates into ``grads`` (as ``loss.backward()`` does in PyTorch) and
+    optimizers update ``params`` in place, so an array taken from ``params`` stays live.
+    """
+
+    def __init__(self, dtype=np.float32):
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        self.dtype = dtype
+        self.params = {}
+        self.grads = {}
+        self.training = True
+
+    def _add_param(self, name, value):
+        value = np.ascontiguousarray(value, dtype=self.dtype)
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
+    def named_parameters(self):
+        """Yield ``(name, param, grad)`` for every parameter."""
+        for name, p in self.params.items():
+            yield name, p, self.grads[name]
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        """A copy of every parameter, keyed by name."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Copy parameters in from ``state_dict`` (arrays, torch tensors or array-likes).
+
+        Every key and shape is checked before anything is copied, so a mismatched dict
+        leaves the layer unchanged.
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        missing = sorted(set(self.params) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(self.params))
+        if missing or unexpected:
+            raise KeyError(f"state_dict mismatch for {type(self).__name__}: "
+                           f"missing keys {missing}, unexpected keys {unexpected}")
+        new = {}
+        for k, p in self.params.items():
+            v = state_dict[k]
+            if hasattr(v, "detach"):  # a torch tensor
+                v = v.detach().cpu().numpy()
+            v = np.asarray(v)
+            if v.shape != p.shape:
+                raise ValueError(f"state_dict[{k!r}] has shape {v.shape}, expected {p.shape}")
+            if not np.issubdtype(v.dtype, np.number):
+                raise TypeError(f"state_dict[{k!r}] has non-numeric dtype {v.dtype}")
+            new[k] = v
+        for k, v in new.items():
+            self.params[k][...] = v
