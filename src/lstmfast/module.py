@@ -22,7 +22,7 @@ class Module:
         self.training = True
 
     def _add_param(self, name, value):
-        value = np.ascontiguousarray(value, dtype=self.dtype)
+        value = np.array(value, dtype=self.dtype, order="C")  # always a copy: params are updated in place
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
 
