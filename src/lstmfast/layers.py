@@ -66,6 +66,17 @@ class _Packing:
         self.index = (np.arange(T)[:, None] * B + self.perm[None, :])[running]
         self.rows = len(self.index)
 
+    @classmethod
+    def from_batch_sizes(cls, batch_sizes):
+        """The layout of data that is already packed and sorted (a torch PackedSequence)."""
+        batch_sizes = np.asarray(batch_sizes, dtype=np.int64)
+        self = cls(len(batch_sizes), int(batch_sizes[0]), None)
+        # a sequence b runs for as many steps as have more than b rows
+        self.lengths = np.ascontiguousarray(
+            (batch_sizes[None, :] > np.arange(self.B)[:, None]).sum(1), dtype=np.int32)
+        self.rows = int(batch_sizes.sum())
+        return self
+
     def pack(self, a):
         """[T, B, F] -> [N, F], contiguous."""
         flat = a.reshape(self.T * self.B, a.shape[2])
@@ -92,6 +103,8 @@ class _RNNBase(Module):
 
     _gates = None   # gates per cell
     _has_cell_state = False
+    _torch_args = ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                   "dropout", "bidirectional")
 
     def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first,
                  dropout, bidirectional, proj_size, dtype, stateful, seed):
@@ -167,6 +180,36 @@ class _RNNBase(Module):
     def _extra_repr(self):
         return []
 
+    # --- interop -------------------------------------------------------------------
+    @classmethod
+    def from_torch(cls, module, *, dtype=None, **kwargs):
+        """A layer with the configuration and a copy of the weights of a torch module.
+
+        module: a ``torch.nn`` module (or ``lstmfast.torch`` drop-in) of the same kind.
+        dtype: defaults to the module's (float32 or float64); kwargs: e.g. ``stateful``.
+        """
+        if type(module).__name__ != cls.__name__ or not hasattr(module, "state_dict"):
+            raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{cls.__name__}, "
+                            f"got {type(module).__name__}")
+        state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+        if dtype is None:
+            dtype = next(iter(state.values())).dtype
+            dtype = dtype if dtype in (np.float32, np.float64) else np.float32
+        config = {k: getattr(module, k) for k in cls._torch_args}
+        layer = cls(**config, dtype=dtype, **kwargs)
+        layer.load_state_dict(state)
+        return layer
+
+    def to_torch(self):
+        """A ``torch.nn`` module of the same kind, configuration and weights (a copy)."""
+        import torch
+
+        module = getattr(torch.nn, type(self).__name__)(
+            **{k: getattr(self, k) for k in self._torch_args},
+            dtype=torch.float64 if self.dtype == np.float64 else torch.float32)
+        module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.params.items()})
+        return module
+
     # --- state --------------------------------------------------------------------
     def reset_state(self):
         """Forget the state a stateful layer carries between calls."""
@@ -226,38 +269,13 @@ class _RNNBase(Module):
         pack = _Packing(T, B, lengths)
         init = [pack.sort_batch(s) for s in self._initial_state(state, B)]
 
-        L, D, P, H = self.num_layers, self._directions, self._out_size, self.hidden_size
-        training = self.training
-        inp = pack.pack(x)
-        finals = [np.empty_like(s) for s in init]
-        layers = []
-        for k in range(L):
-            mask = None
-            if k > 0 and training and self.dropout > 0:
-                keep = self._rng.random(inp.shape) >= self.dropout
-                mask = keep.astype(self.dtype) / self.dtype.type(1 - self.dropout)
-                inp = inp * mask
-            y = np.empty((pack.rows, D * P), self.dtype)
-            caches = []
-            for d in range(D):
-                w = self._weights(k, d)
-                i = k * D + d
-                h_n, c_n, cache = _kernels.forward(
-                    self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("bias_ih"),
-                    w.get("bias_hh"), w.get("weight_hr"), init[0][i],
-                    init[1][i] if self._has_cell_state else None, T, pack.lengths, d == 1,
-                    training, y, d * P)
-                finals[0][i] = h_n
-                if self._has_cell_state:
-                    finals[1][i] = c_n
-                caches.append(cache)
-            layers.append((inp, y, mask, caches))
-            inp = y
-
-        out = pack.unpack(inp)
+        draw_mask = self._draw_mask if self.training and self.dropout > 0 else None
+        out, finals, layers = self._forward_packed(pack.pack(x), init, pack, self.training,
+                                                   draw_mask)
+        out = pack.unpack(out)
         out = np.ascontiguousarray(self._time_major(out)) if self.batch_first else out
         finals = [pack.unsort_batch(s) for s in finals]
-        if training:
+        if self.training:
             self._cache = dict(pack=pack, init=init, layers=layers, y_shape=out.shape)
         else:
             self._cache = None
@@ -265,13 +283,50 @@ class _RNNBase(Module):
             self._carry = [s.copy() for s in finals]
         return out, (tuple(finals) if self._has_cell_state else finals[0])
 
-    def _weights(self, layer, direction):
-        sfx = f"_l{layer}" + ("_reverse" if direction else "")
-        return {name[: -len(sfx)]: p for name, p in self.params.items() if name.endswith(sfx)}
+    def _draw_mask(self, shape):
+        keep = self._rng.random(shape) >= self.dropout
+        return keep.astype(self.dtype) / self.dtype.type(1 - self.dropout)
 
-    def _grads(self, layer, direction):
+    def _forward_packed(self, inp, init, pack, training, draw_mask, params=None):
+        """Every layer and direction over packed input [N, I].
+
+        init: [L*D, B, F] initial states in packed batch order; training: keep the cache
+        for backward; draw_mask(shape): the dropout mask between layers, or None for no
+        dropout. Returns the last layer's packed output, the final states, and per layer
+        the cache backward needs.
+        """
+        params = self.params if params is None else params
+        L, D, P = self.num_layers, self._directions, self._out_size
+        finals = [np.empty_like(s) for s in init]
+        layers = []
+        for k in range(L):
+            mask = None
+            if k > 0 and draw_mask is not None:
+                mask = draw_mask(inp.shape)
+                inp = inp * mask
+            y = np.empty((pack.rows, D * P), self.dtype)
+            caches = []
+            for d in range(D):
+                w = self._named(params, k, d)
+                i = k * D + d
+                h_n, c_n, cache = _kernels.forward(
+                    self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("bias_ih"),
+                    w.get("bias_hh"), w.get("weight_hr"), init[0][i],
+                    init[1][i] if self._has_cell_state else None, pack.T, pack.lengths,
+                    d == 1, training, y, d * P)
+                finals[0][i] = h_n
+                if self._has_cell_state:
+                    finals[1][i] = c_n
+                caches.append(cache)
+            layers.append((inp, y, mask, caches))
+            inp = y
+        return inp, finals, layers
+
+    @staticmethod
+    def _named(arrays, layer, direction):
+        """{"weight_ih": ..., ...} of one layer and direction from a params/grads dict."""
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
-        return {name[: -len(sfx)]: g for name, g in self.grads.items() if name.endswith(sfx)}
+        return {name[: -len(sfx)]: a for name, a in arrays.items() if name.endswith(sfx)}
 
     def backward(self, dy, dstate=None):
         """Backpropagate through time; accumulates into ``grads``.
@@ -291,33 +346,42 @@ class _RNNBase(Module):
         dy = _as_float_array("dy", dy, self.dtype)
         if dy.shape != c["y_shape"]:
             raise ValueError(f"dy must have the output's shape {c['y_shape']}, got {dy.shape}")
-        B = pack.B
-        if dstate is None:
-            dfinal = [np.zeros(s, self.dtype) for s in self._state_shapes(B)]
-        else:
-            dfinal = []
-            shapes = self._state_shapes(B)
-            for name, p, shape in zip(("dh_n", "dc_n"), self._split_state(dstate, "dstate"),
-                                      shapes):
-                p = np.zeros(shape, self.dtype) if p is None else _as_float_array(name, p, self.dtype)
-                if p.shape != shape:
-                    raise ValueError(f"{name} must have shape {shape}, got {p.shape}")
-                dfinal.append(p)
-        dfinal = [pack.sort_batch(s) for s in dfinal]
+        shapes = self._state_shapes(pack.B)
+        parts = [None] * len(shapes) if dstate is None else self._split_state(dstate, "dstate")
+        dfinal = []
+        for name, p, shape in zip(("dh_n", "dc_n"), parts, shapes):
+            p = np.zeros(shape, self.dtype) if p is None else _as_float_array(name, p, self.dtype)
+            if p.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {p.shape}")
+            dfinal.append(pack.sort_batch(p))
 
+        dx, dinit = self._backward_packed(layers, init, pack, pack.pack(self._time_major(dy)),
+                                          dfinal)
+        self._cache = None
+        dx = pack.unpack(dx)
+        dx = np.ascontiguousarray(self._time_major(dx)) if self.batch_first else dx
+        dinit = [pack.unsort_batch(s) for s in dinit]
+        return dx, (tuple(dinit) if self._has_cell_state else dinit[0])
+
+    def _backward_packed(self, layers, init, pack, dy, dfinal, params=None, grads=None):
+        """BPTT through every layer and direction, packed: the inverse of _forward_packed.
+
+        Accumulates into grads (default self.grads); returns packed dx and d(init).
+        """
+        params = self.params if params is None else params
+        grads = self.grads if grads is None else grads
         L, D, P = self.num_layers, self._directions, self._out_size
         dinit = [np.empty_like(s) for s in init]
-        dyp = pack.pack(self._time_major(dy))
         for k in reversed(range(L)):
             inp, y, mask, caches = layers[k]
             dx = np.empty_like(inp)
             for d in range(D):
-                w, g = self._weights(k, d), self._grads(k, d)
+                w, g = self._named(params, k, d), self._named(grads, k, d)
                 i = k * D + d
                 dh0, dc0 = _kernels.backward(
                     self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("weight_hr"),
                     init[0][i], init[1][i] if self._has_cell_state else None, pack.T,
-                    pack.lengths, d == 1, y, d * P, caches[d], dyp, d * P, dfinal[0][i],
+                    pack.lengths, d == 1, y, d * P, caches[d], dy, d * P, dfinal[0][i],
                     dfinal[1][i] if self._has_cell_state else None, dx, d == 1,
                     g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
                     g.get("weight_hr"))
@@ -326,12 +390,8 @@ class _RNNBase(Module):
                     dinit[1][i] = dc0
             if mask is not None:
                 dx *= mask
-            dyp = dx
-        self._cache = None
-        dx = pack.unpack(dyp)
-        dx = np.ascontiguousarray(self._time_major(dx)) if self.batch_first else dx
-        dinit = [pack.unsort_batch(s) for s in dinit]
-        return dx, (tuple(dinit) if self._has_cell_state else dinit[0])
+            dy = dx
+        return dy, dinit
 
 
 class LSTM(_RNNBase):
@@ -355,6 +415,70 @@ class LSTM(_RNNBase):
                  stateful=False, seed=None):
         super().__init__(_kernels.CELLS["LSTM"], input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, proj_size, dtype, stateful, seed)
+
+    _torch_args = _RNNBase._torch_args + ("proj_size",)
+
+    # Keras stores one layer as kernel [I, 4H], recurrent_kernel [H, 4H] and one bias
+    # [4H], gate order i, f, c, o: PyTorch's order, transposed, with the biases summed.
+    def keras_weights(self):
+        """Weights as Keras ``get_weights()`` lists, one list per layer.
+
+        Each list is [kernel, recurrent_kernel, bias] (without bias when bias=False),
+        doubled (forward, then backward) for a bidirectional layer, as
+        ``keras.layers.Bidirectional(keras.layers.LSTM(...)).get_weights()`` orders them.
+        """
+        if self.proj_size:
+            raise ValueError("Keras has no LSTM with projection (proj_size > 0)")
+        out = []
+        for k in range(self.num_layers):
+            ws = []
+            for d in range(self._directions):
+                w = self._named(self.params, k, d)
+                ws += [w["weight_ih"].T.copy(), w["weight_hh"].T.copy()]
+                if self.bias:
+                    ws.append(w["bias_ih"] + w["bias_hh"])
+            out.append(ws)
+        return out
+
+    @classmethod
+    def from_keras_weights(cls, weights, *, bidirectional=False, dtype=np.float32, **kwargs):
+        """An LSTM from Keras weights: one layer's ``get_weights()`` list, or a list of them.
+
+        A list of 3 arrays (2 without bias) per direction, as Keras' LSTM (or, with
+        bidirectional=True, Bidirectional(LSTM)) returns them; kwargs go to the
+        constructor (batch_first, stateful, ...).
+        """
+        weights = list(weights)
+        if weights and not isinstance(weights[0], (list, tuple)):
+            weights = [weights]
+        D = 2 if bidirectional else 1
+        per_dir = [len(w) / D for w in weights]
+        if not weights or any(n not in (2, 3) for n in per_dir) or len(set(per_dir)) != 1:
+            raise ValueError(f"expected per layer {3 * D} arrays (kernel, recurrent_kernel, bias"
+                             f" per direction) or {2 * D} without bias; got "
+                             f"{[len(w) for w in weights]}")
+        bias = per_dir[0] == 3
+        kernel = np.asarray(weights[0][0])
+        recurrent = np.asarray(weights[0][1])
+        if kernel.ndim != 2 or recurrent.ndim != 2 or kernel.shape[1] % 4 or \
+                recurrent.shape != (kernel.shape[1] // 4, kernel.shape[1]):
+            raise ValueError(f"expected kernel [I, 4H] and recurrent_kernel [H, 4H], got "
+                             f"{kernel.shape} and {recurrent.shape}")
+        layer = cls(kernel.shape[0], recurrent.shape[0], len(weights), bias=bias,
+                    bidirectional=bidirectional, dtype=dtype, **kwargs)
+        state = {}
+        n = 3 if bias else 2
+        for k, ws in enumerate(weights):
+            for d in range(D):
+                sfx = f"_l{k}" + ("_reverse" if d else "")
+                part = [np.asarray(a) for a in ws[d * n:(d + 1) * n]]
+                state["weight_ih" + sfx] = part[0].T
+                state["weight_hh" + sfx] = part[1].T
+                if bias:
+                    state["bias_ih" + sfx] = part[2]
+                    state["bias_hh" + sfx] = np.zeros_like(part[2])
+        layer.load_state_dict(state)
+        return layer
 
 
 class GRU(_RNNBase):
@@ -391,6 +515,8 @@ class RNN(_RNNBase):
         super().__init__(_kernels.CELLS["RNN_" + nonlinearity.upper()], input_size,
                          hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, dtype, stateful, seed)
+
+    _torch_args = _RNNBase._torch_args + ("nonlinearity",)
 
     def _extra_repr(self):
         return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []
