@@ -97,15 +97,15 @@ class _RNNBase(torch.nn.Module):
                 p.uniform_(-k, k)
 
     def extra_repr(self):
+        # torch.nn's own format, so a swapped model prints the same
         s = f"{self.input_size}, {self.hidden_size}"
+        if getattr(self, "proj_size", 0):
+            s += f", proj_size={self.proj_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
                               ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        return s + "".join(f", {k}={v!r}" for k, v in self._extra_kw().items())
-
-    def _extra_kw(self):
-        return {}
+        return s
 
     def forward(self, input, hx=None):
         names = list(self._engine(torch.float32).params)
@@ -184,9 +184,6 @@ class LSTM(_RNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype, proj_size=proj_size)
 
-    def _extra_kw(self):
-        return {"proj_size": self.proj_size} if self.proj_size else {}
-
 
 class GRU(_RNNBase):
     """``torch.nn.GRU`` on lstmfast's kernels (CPU)."""
@@ -204,6 +201,3 @@ class RNN(_RNNBase):
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype, nonlinearity=nonlinearity)
-
-    def _extra_kw(self):
-        return {"nonlinearity": self.nonlinearity} if self.nonlinearity != "tanh" else {}
