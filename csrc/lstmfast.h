@@ -81,6 +81,8 @@ int lf_forward_f64(const lf_blas *blas, const lf_dims *d,
  *   (the second direction of a bidirectional layer); dh0 [B, P], dc0 [B, H] written
  *   (dc0 NULL unless LSTM). dw_ih, dw_hh, db_ih, db_hh, dw_hr are added to (db_* and
  *   dw_hr may be NULL when the layer has none).
+ *   dh_norms: NULL, or [T] receiving ||dL/dh_t|| over the batch at each step t (the
+ *   gradient-flow diagnostic: how much gradient reaches each timestep).
  *   work: lf_backward_work_size(d) elements. */
 int lf_backward_f32(const lf_blas *blas, const lf_dims *d,
                     const float *x, int ldx, const float *w_ih, const float *w_hh,
@@ -89,7 +91,7 @@ int lf_backward_f32(const lf_blas *blas, const lf_dims *d,
                     const float *dy, int lddy, const float *dh_n, const float *dc_n,
                     float *dx, int lddx, int accumulate_dx, float *dh0, float *dc0,
                     float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *dw_hr,
-                    float *work);
+                    double *dh_norms, float *work);
 int lf_backward_f64(const lf_blas *blas, const lf_dims *d,
                     const double *x, int ldx, const double *w_ih, const double *w_hh,
                     const double *w_hr, const double *h0, const double *c0,
@@ -97,6 +99,6 @@ int lf_backward_f64(const lf_blas *blas, const lf_dims *d,
                     const double *dy, int lddy, const double *dh_n, const double *dc_n,
                     double *dx, int lddx, int accumulate_dx, double *dh0, double *dc0,
                     double *dw_ih, double *dw_hh, double *db_ih, double *db_hh,
-                    double *dw_hr, double *work);
+                    double *dw_hr, double *dh_norms, double *work);
 
 #endif

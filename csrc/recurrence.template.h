@@ -156,7 +156,7 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
                     const TYPE *dy, int lddy, const TYPE *dh_n, const TYPE *dc_n,
                     TYPE *dx, int lddx, int accumulate_dx, TYPE *dh0, TYPE *dc0,
                     TYPE *dw_ih, TYPE *dw_hh, TYPE *db_ih, TYPE *db_hh, TYPE *dw_hr,
-                    TYPE *work)
+                    double *dh_norms, TYPE *work)
 {
     if (!lf_dims_valid(d) || !x || !w_ih || !w_hh || !h0 || !y || !gates || !dy ||
         !dh_n || !dx || !dh0 || !dw_ih || !dw_hh || !work)
@@ -206,6 +206,15 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
         TYPE *auxt = aux ? aux + off * lf_aux_size(cell, H) : NULL;
         const TYPE *dyt = dy + off * lddy;
 
+        if (dh_norms) {
+            double sq = 0;
+            for (int r = 0; r < nb; r++)
+                for (int j = 0; j < P; j++) {
+                    double v = (double)dh[(size_t)r * P + j] + dyt[(size_t)r * lddy + j];
+                    sq += v * v;
+                }
+            dh_norms[t] = sqrt(sq);
+        }
         const TYPE *dhin = dh;
         int lddh = P;
         const TYPE *dyin = dyt;

@@ -39,13 +39,14 @@ cdef extern from "lstmfast.h" nogil:
                         const float *, const float *, const float *, const float *,
                         const float *, int, float *, float *, const float *, int,
                         const float *, const float *, float *, int, int, float *, float *,
-                        float *, float *, float *, float *, float *, float *) noexcept
+                        float *, float *, float *, float *, float *, double *,
+                        float *) noexcept
     int lf_backward_f64(const lf_blas *, const lf_dims *, const double *, int, const double *,
                         const double *, const double *, const double *, const double *,
                         const double *, int, double *, double *, const double *, int,
                         const double *, const double *, double *, int, int, double *,
                         double *, double *, double *, double *, double *, double *,
-                        double *) noexcept
+                        double *, double *) noexcept
 
 # Read-only after import: the kernels receive it as a constant table.
 cdef lf_blas _blas
@@ -216,11 +217,12 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
 
 def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse,
              y, Py_ssize_t y_col, cache, dy, Py_ssize_t dy_col, dh_n, dc_n,
-             dx, bint accumulate_dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr):
+             dx, bint accumulate_dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh_norms=None):
     """BPTT for one direction of one layer, consuming `cache` from forward.
 
     Arguments as in forward; dy [N, >= dy_col+P]; dh_n [B, P]; dc_n [B, H] (LSTM);
-    dx [N, I] is written (or added to with accumulate_dx); dw_*, db_* are added to.
+    dx [N, I] is written (or added to with accumulate_dx); dw_*, db_* are added to;
+    dh_norms: None or float64 [T], receives ||dL/dh_t|| per step.
     Returns (dh0 [B, P], dc0 [B, H] or None).
     """
     if not isinstance(x, np.ndarray) or x.ndim != 2:
@@ -268,10 +270,12 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
     cdef char *pdbih = _opt(db_ih, dtype, (GH,), "db_ih", True)
     cdef char *pdbhh = _opt(db_hh, dtype, (GH,), "db_hh", True)
     cdef char *pdwhr = _opt(dw_hr, dtype, (P, H), "dw_hr", True)
+    cdef char *pnorms = _opt(dh_norms, np.float64, (T,), "dh_norms", True)
     inputs = [("x", x), ("w_ih", w_ih), ("w_hh", w_hh), ("w_hr", w_hr), ("h0", h0),
               ("c0", c0), ("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)]
     outputs = [("gates", gates), ("aux", aux), ("dx", dx), ("dw_ih", dw_ih),
-               ("dw_hh", dw_hh), ("db_ih", db_ih), ("db_hh", db_hh), ("dw_hr", dw_hr)]
+               ("dw_hh", dw_hh), ("db_ih", db_ih), ("db_hh", db_hh), ("dw_hr", dw_hr),
+               ("dh_norms", dh_norms)]
     _check_disjoint(outputs, inputs)
     for k in range(len(outputs)):
         _check_disjoint(outputs[k:k + 1], outputs[k + 1:])
@@ -292,7 +296,8 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
                                  <float *>pg, <float *>pa, <float *>pdy, lddy, <float *>pdhn,
                                  <float *>pdcn, <float *>pdx, lddx, acc, <float *>pdh0,
                                  <float *>pdc0, <float *>pdwih, <float *>pdwhh,
-                                 <float *>pdbih, <float *>pdbhh, <float *>pdwhr, <float *>pw)
+                                 <float *>pdbih, <float *>pdbhh, <float *>pdwhr,
+                                 <double *>pnorms, <float *>pw)
     else:
         with nogil:
             rc = lf_backward_f64(&_blas, &d, <double *>px, ldx, <double *>pwih,
@@ -302,7 +307,7 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
                                  <double *>pdcn, <double *>pdx, lddx, acc, <double *>pdh0,
                                  <double *>pdc0, <double *>pdwih, <double *>pdwhh,
                                  <double *>pdbih, <double *>pdbhh, <double *>pdwhr,
-                                 <double *>pw)
+                                 <double *>pnorms, <double *>pw)
     if rc != LF_OK:
         raise RuntimeError(f"lstmfast backward kernel rejected its arguments (code {rc})")
     return dh0, dc0

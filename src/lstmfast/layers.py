@@ -128,6 +128,10 @@ class _RNNBase(Module):
         self._rng = np.random.default_rng(seed)
         self._cache = None
         self._carry = None
+        # Gradient-flow diagnostic: when set, backward() leaves ||dL/dh_t|| (over the batch)
+        # for every layer*direction and step t in grad_norms [num_layers*D, T].
+        self.record_grad_norms = False
+        self.grad_norms = None
 
         G, H = self._gates, self.hidden_size
         if G * H > _INT_MAX:
@@ -372,6 +376,7 @@ class _RNNBase(Module):
         grads = self.grads if grads is None else grads
         L, D, P = self.num_layers, self._directions, self._out_size
         dinit = [np.empty_like(s) for s in init]
+        norms = np.zeros((L * D, pack.T)) if self.record_grad_norms else None
         for k in reversed(range(L)):
             inp, y, mask, caches = layers[k]
             dx = np.empty_like(inp)
@@ -384,13 +389,14 @@ class _RNNBase(Module):
                     pack.lengths, d == 1, y, d * P, caches[d], dy, d * P, dfinal[0][i],
                     dfinal[1][i] if self._has_cell_state else None, dx, d == 1,
                     g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
-                    g.get("weight_hr"))
+                    g.get("weight_hr"), None if norms is None else norms[i])
                 dinit[0][i] = dh0
                 if self._has_cell_state:
                     dinit[1][i] = dc0
             if mask is not None:
                 dx *= mask
             dy = dx
+        self.grad_norms = norms
         return dy, dinit
 
 
