@@ -1,23 +1,24 @@
 /* The per-cell pointwise steps: the only part of the recurrence that differs between
- * LSTM, GRU and vanilla RNN. Included once per dtype by recurrence.c with TYPE, FN()
- * and ACT() defined (see there).
+ * LSTM, GRU and vanilla RNN. Included once per dtype by recurrence.c with TYPE and FN()
+ * defined (see there).
  *
  * Forward input: g [rows, G*H] holds the gate pre-activations without bias: the input
  * projection plus, for LSTM and RNN, the recurrent GEMM accumulated into it (GRU keeps
  * the recurrent part apart in gh, because r multiplies only its n block).
+ * Backward input: dh is the total dL/dh_t (the driver has added the output's dy).
  * Backward output: g is overwritten with dG, the gradient of the input-side gate
  * pre-activations; the recurrent-side gradient equals it on the first hh_split columns
  * and, for GRU, lives in aux for the rest (d(W_hn h + b_hn) = dn_pre * r).
  */
 
 typedef struct {
-    int rows, H, store;              /* store: training, keep the activations in g */
-    TYPE *g;                         /* [rows, G*H] */
+    int rows, H;
+    TYPE *g;                         /* [rows, G*H]; overwritten with the activations */
     const TYPE *gh;                  /* GRU: [rows, 3H] h_prev @ W_hh^T, no bias */
     const TYPE *bx, *bh;             /* [G*H] bias added to g; GRU: b_hn for gh's n block */
     const TYPE *h_prev; int ld_hp;   /* GRU: [rows, H] */
     const TYPE *c_prev;              /* LSTM: [rows, H] */
-    TYPE *aux;                       /* LSTM: c_t (may alias c_prev); GRU: gh_n + b_hn, or NULL */
+    TYPE *aux;                       /* LSTM: c_t (may alias c_prev); GRU: gh_n + b_hn */
     TYPE *h; int ld_h;               /* h_t; for an LSTM with projection, o * tanh(c_t) */
 } FN(fwd_step);
 
@@ -27,93 +28,95 @@ typedef struct {
     TYPE *aux;                       /* LSTM: c_t; GRU: gh_n + b_hn in, its gradient out */
     const TYPE *h_prev; int ld_hp;   /* GRU */
     const TYPE *c_prev;              /* LSTM */
-    const TYPE *dy; int ld_dy;       /* dL/dh_t from the output, or NULL */
-    TYPE *dh; int ld_dh;             /* in: dL/dh_t through the recurrence; GRU out: z * dL/dh_t */
+    TYPE *dh; int ld_dh;             /* in: dL/dh_t (total); GRU out: z * dL/dh_t */
     TYPE *dc;                        /* LSTM: in dL/dc_t, out dL/dc_{t-1} (row-wise in place) */
 } FN(bwd_step);
 
-static void FN(lstm_fwd)(const FN(fwd_step) *a)
+/* The loops below are written for gcc to vectorise: local pointers, no branches.
+ * ivdep: c may alias c_prev exactly (inference updates the state in place), which is
+ * safe because each element is read before it is written in the same iteration. */
+
+LF_CLONES static void FN(lstm_fwd)(const FN(fwd_step) *a)
 {
     const int H = a->H;
+    const TYPE *bx = a->bx;
     for (int r = 0; r < a->rows; r++) {
         TYPE *g = a->g + (size_t)r * 4 * H;
         const TYPE *cp = a->c_prev + (size_t)r * H;
         TYPE *c = a->aux + (size_t)r * H;
         TYPE *h = a->h + (size_t)r * a->ld_h;
+#pragma GCC ivdep
         for (int j = 0; j < H; j++) {
-            TYPE i = FN(lf_sigmoid)(g[j] + a->bx[j]);
-            TYPE f = FN(lf_sigmoid)(g[H + j] + a->bx[H + j]);
-            TYPE gg = FN(lf_tanh)(g[2 * H + j] + a->bx[2 * H + j]);
-            TYPE o = FN(lf_sigmoid)(g[3 * H + j] + a->bx[3 * H + j]);
+            TYPE i = FN(lf_sigmoid)(g[j] + bx[j]);
+            TYPE f = FN(lf_sigmoid)(g[H + j] + bx[H + j]);
+            TYPE gg = FN(lf_tanh)(g[2 * H + j] + bx[2 * H + j]);
+            TYPE o = FN(lf_sigmoid)(g[3 * H + j] + bx[3 * H + j]);
             TYPE ct = f * cp[j] + i * gg;
             c[j] = ct;
             h[j] = o * FN(lf_tanh)(ct);
-            if (a->store) {
-                g[j] = i; g[H + j] = f; g[2 * H + j] = gg; g[3 * H + j] = o;
-            }
+            g[j] = i; g[H + j] = f; g[2 * H + j] = gg; g[3 * H + j] = o;
         }
     }
 }
 
-static void FN(lstm_bwd)(const FN(bwd_step) *a)
+LF_CLONES static void FN(lstm_bwd)(const FN(bwd_step) *a)
 {
     const int H = a->H;
     for (int r = 0; r < a->rows; r++) {
         TYPE *g = a->g + (size_t)r * 4 * H;
         const TYPE *c = a->aux + (size_t)r * H;
         const TYPE *cp = a->c_prev + (size_t)r * H;
-        const TYPE *dy = a->dy ? a->dy + (size_t)r * a->ld_dy : NULL;
         const TYPE *dh = a->dh + (size_t)r * a->ld_dh;
         TYPE *dc = a->dc + (size_t)r * H;
+#pragma GCC ivdep
         for (int j = 0; j < H; j++) {
             TYPE i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];
-            TYPE dht = dh[j] + (dy ? dy[j] : 0);
             TYPE tc = FN(lf_tanh)(c[j]);
-            TYPE dct = dc[j] + dht * o * (1 - tc * tc);
+            TYPE dct = dc[j] + dh[j] * o * (1 - tc * tc);
             g[j] = dct * gg * i * (1 - i);
             g[H + j] = dct * cp[j] * f * (1 - f);
             g[2 * H + j] = dct * i * (1 - gg * gg);
-            g[3 * H + j] = dht * tc * o * (1 - o);
+            g[3 * H + j] = dh[j] * tc * o * (1 - o);
             dc[j] = dct * f;
         }
     }
 }
 
-static void FN(gru_fwd)(const FN(fwd_step) *a)
+LF_CLONES static void FN(gru_fwd)(const FN(fwd_step) *a)
 {
     const int H = a->H;
+    const TYPE *bx = a->bx, *bh = a->bh;
     for (int r = 0; r < a->rows; r++) {
         TYPE *g = a->g + (size_t)r * 3 * H;
         const TYPE *gh = a->gh + (size_t)r * 3 * H;
         const TYPE *hp = a->h_prev + (size_t)r * a->ld_hp;
         TYPE *h = a->h + (size_t)r * a->ld_h;
-        TYPE *ghn_out = a->aux ? a->aux + (size_t)r * H : NULL;
+        TYPE *ghn_out = a->aux + (size_t)r * H;
+#pragma GCC ivdep
         for (int j = 0; j < H; j++) {
-            TYPE rr = FN(lf_sigmoid)(g[j] + a->bx[j] + gh[j]);
-            TYPE z = FN(lf_sigmoid)(g[H + j] + a->bx[H + j] + gh[H + j]);
-            TYPE ghn = gh[2 * H + j] + a->bh[2 * H + j];
-            TYPE n = FN(lf_tanh)(g[2 * H + j] + a->bx[2 * H + j] + rr * ghn);
+            TYPE rr = FN(lf_sigmoid)(g[j] + bx[j] + gh[j]);
+            TYPE z = FN(lf_sigmoid)(g[H + j] + bx[H + j] + gh[H + j]);
+            TYPE ghn = gh[2 * H + j] + bh[2 * H + j];
+            TYPE n = FN(lf_tanh)(g[2 * H + j] + bx[2 * H + j] + rr * ghn);
             h[j] = (1 - z) * n + z * hp[j];
-            if (a->store) {
-                g[j] = rr; g[H + j] = z; g[2 * H + j] = n;
-                ghn_out[j] = ghn;
-            }
+            g[j] = rr; g[H + j] = z; g[2 * H + j] = n;
+            ghn_out[j] = ghn;
         }
     }
 }
 
-static void FN(gru_bwd)(const FN(bwd_step) *a)
+LF_CLONES static void FN(gru_bwd)(const FN(bwd_step) *a)
 {
     const int H = a->H;
     for (int r = 0; r < a->rows; r++) {
         TYPE *g = a->g + (size_t)r * 3 * H;
         TYPE *ghn = a->aux + (size_t)r * H;
         const TYPE *hp = a->h_prev + (size_t)r * a->ld_hp;
-        const TYPE *dy = a->dy ? a->dy + (size_t)r * a->ld_dy : NULL;
         TYPE *dh = a->dh + (size_t)r * a->ld_dh;
+#pragma GCC ivdep
         for (int j = 0; j < H; j++) {
             TYPE rr = g[j], z = g[H + j], n = g[2 * H + j];
-            TYPE dht = dh[j] + (dy ? dy[j] : 0);
+            TYPE dht = dh[j];
             TYPE dn = dht * (1 - z) * (1 - n * n);
             TYPE dr = dn * ghn[j] * rr * (1 - rr);
             TYPE dz = dht * (hp[j] - n) * z * (1 - z);
@@ -125,40 +128,41 @@ static void FN(gru_bwd)(const FN(bwd_step) *a)
 }
 
 /* Vanilla RNN: g holds h_t after the forward, which is all the backward needs. */
-static inline void FN(rnn_fwd)(const FN(fwd_step) *a, int relu)
+static inline void FN(rnn_fwd)(const FN(fwd_step) *a, const int relu)
 {
     const int H = a->H;
+    const TYPE *bx = a->bx;
     for (int r = 0; r < a->rows; r++) {
         TYPE *g = a->g + (size_t)r * H;
         TYPE *h = a->h + (size_t)r * a->ld_h;
+#pragma GCC ivdep
         for (int j = 0; j < H; j++) {
-            TYPE v = g[j] + a->bx[j];
+            TYPE v = g[j] + bx[j];
             v = relu ? (v > 0 ? v : 0) : FN(lf_tanh)(v);
             h[j] = v;
-            if (a->store) g[j] = v;
+            g[j] = v;
         }
     }
 }
 
-static inline void FN(rnn_bwd)(const FN(bwd_step) *a, int relu)
+static inline void FN(rnn_bwd)(const FN(bwd_step) *a, const int relu)
 {
     const int H = a->H;
     for (int r = 0; r < a->rows; r++) {
         TYPE *g = a->g + (size_t)r * H;
-        const TYPE *dy = a->dy ? a->dy + (size_t)r * a->ld_dy : NULL;
         const TYPE *dh = a->dh + (size_t)r * a->ld_dh;
+#pragma GCC ivdep
         for (int j = 0; j < H; j++) {
-            TYPE dht = dh[j] + (dy ? dy[j] : 0);
             TYPE h = g[j];
-            g[j] = relu ? (h > 0 ? dht : 0) : dht * (1 - h * h);
+            g[j] = relu ? (h > 0 ? dh[j] : 0) : dh[j] * (1 - h * h);
         }
     }
 }
 
-static void FN(rnn_tanh_fwd)(const FN(fwd_step) *a) { FN(rnn_fwd)(a, 0); }
-static void FN(rnn_relu_fwd)(const FN(fwd_step) *a) { FN(rnn_fwd)(a, 1); }
-static void FN(rnn_tanh_bwd)(const FN(bwd_step) *a) { FN(rnn_bwd)(a, 0); }
-static void FN(rnn_relu_bwd)(const FN(bwd_step) *a) { FN(rnn_bwd)(a, 1); }
+LF_CLONES static void FN(rnn_tanh_fwd)(const FN(fwd_step) *a) { FN(rnn_fwd)(a, 0); }
+LF_CLONES static void FN(rnn_relu_fwd)(const FN(fwd_step) *a) { FN(rnn_fwd)(a, 1); }
+LF_CLONES static void FN(rnn_tanh_bwd)(const FN(bwd_step) *a) { FN(rnn_bwd)(a, 0); }
+LF_CLONES static void FN(rnn_relu_bwd)(const FN(bwd_step) *a) { FN(rnn_bwd)(a, 1); }
 
 /* Indexed by enum lf_cell. */
 static void (*const FN(cell_fwd)[])(const FN(fwd_step) *) = {

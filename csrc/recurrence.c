@@ -73,6 +73,7 @@ size_t lf_forward_work_size(const lf_dims *d, int training)
     size_t n = 2 * GH;
     if (d->cell == LF_GRU) n += B * GH;
     if (lf_has_proj(d)) n += B * d->hidden_size;
+    if (d->cell == LF_GRU) n += B * d->hidden_size;
     if (!training) n += (size_t)lf_chunk_steps(d) * B * GH;
     return n;
 }
@@ -82,7 +83,7 @@ size_t lf_backward_work_size(const lf_dims *d)
     const size_t B = d->batch, H = d->hidden_size, P = d->out_size;
     size_t n = B * P + (size_t)lf_total_rows(d) * P;
     if (d->cell == LF_LSTM) n += B * H;
-    if (lf_has_proj(d)) n += B * P + 2 * B * H;
+    if (lf_has_proj(d)) n += 2 * B * H;
     return n;
 }
 

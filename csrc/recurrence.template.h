@@ -77,7 +77,8 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     TYPE *bx = work, *bh = bx + GH;
     TYPE *gh = bh + GH;                       /* GRU: [B, GH] */
     TYPE *m = gh + (gru ? (size_t)B * GH : 0); /* projection: [B, H] */
-    TYPE *gbuf = training ? gates : m + (w_hr ? (size_t)B * H : 0);
+    TYPE *ghn = m + (w_hr ? (size_t)B * H : 0); /* GRU inference: [B, H] scratch aux */
+    TYPE *gbuf = training ? gates : ghn + (gru ? (size_t)B * H : 0);
     FN(prepare_bias)(d, b_ih, b_hh, bx, bh);
     if (lstm && !training) memcpy(c_n, c0, (size_t)B * H * sizeof(TYPE));
 
@@ -116,21 +117,21 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
         const int ldhout = w_hr ? H : ldy;
         /* LSTM: c_t goes to the cache in training; in inference c_n holds the running
          * state in place (rows that have not started yet still hold c0) */
-        TYPE *auxt = training ? aux + off * lf_aux_size(cell, H) : (lstm ? c_n : NULL);
+        TYPE *auxt = training ? aux + off * lf_aux_size(cell, H) : (lstm ? c_n : ghn);
         const TYPE *cprev = training ? aux + offprev * H : c_n;
         const TYPE *cprev_new = training ? c0 : c_n;
         for (int part = 0; part < 2; part++) {
             const int r0 = part ? carried : 0, r1 = part ? nb : carried;
             if (r1 <= r0) continue;
             FN(fwd_step) a;
-            a.rows = r1 - r0; a.H = H; a.store = training;
+            a.rows = r1 - r0; a.H = H;
             a.g = g + (size_t)r0 * GH;
             a.gh = gh + (size_t)r0 * GH;
             a.bx = bx; a.bh = bh;
             a.h_prev = part ? h0 + (size_t)r0 * P : hp + (size_t)r0 * ldy;
             a.ld_hp = part ? P : ldy;
             a.c_prev = lstm ? (part ? cprev_new : cprev) + (size_t)r0 * H : NULL;
-            a.aux = auxt ? auxt + (size_t)r0 * H : NULL;
+            a.aux = lf_aux_size(cell, H) ? auxt + (size_t)r0 * H : NULL;
             a.h = hout + (size_t)r0 * ldhout; a.ld_h = ldhout;
             FN(cell_fwd)[cell](&a);
         }
@@ -173,8 +174,8 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
     TYPE *dh = work;                       /* [B, P] */
     TYPE *dc = dh + (size_t)B * P;         /* LSTM: [B, H] */
     TYPE *hprev = dc + (lstm ? (size_t)B * H : 0);  /* [N, P]: h_{t-1} of every packed row */
-    TYPE *dht = hprev + (size_t)N * P;     /* projection: [B, P], [B, H], [B, H] */
-    TYPE *m = dht + (size_t)B * P, *dm = m + (size_t)B * H;
+    TYPE *m = hprev + (size_t)N * P;       /* projection: [B, H], [B, H] */
+    TYPE *dm = m + (size_t)B * H;
     memcpy(dh, dh_n, (size_t)B * P * sizeof(TYPE));
     if (lstm) memcpy(dc, dc_n, (size_t)B * H * sizeof(TYPE));
 
@@ -206,30 +207,28 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
         TYPE *auxt = aux ? aux + off * lf_aux_size(cell, H) : NULL;
         const TYPE *dyt = dy + off * lddy;
 
-        if (dh_norms) {
-            double sq = 0;
-            for (int r = 0; r < nb; r++)
-                for (int j = 0; j < P; j++) {
-                    double v = (double)dh[(size_t)r * P + j] + dyt[(size_t)r * lddy + j];
-                    sq += v * v;
-                }
-            dh_norms[t] = sqrt(sq);
+        /* dh becomes the total dL/dh_t: through the recurrence plus from the output */
+        double sq = 0;
+        for (int r = 0; r < nb; r++) {
+            TYPE *dhr = dh + (size_t)r * P;
+            const TYPE *dyr = dyt + (size_t)r * lddy;
+            for (int j = 0; j < P; j++) {
+                dhr[j] += dyr[j];
+                sq += (double)dhr[j] * dhr[j];
+            }
         }
-        const TYPE *dhin = dh;
+        if (dh_norms) dh_norms[t] = sqrt(sq);
+        TYPE *dhin = dh;
         int lddh = P;
-        const TYPE *dyin = dyt;
         if (w_hr) {
-            /* h = W_hr m: dm = (dh + dy) W_hr, dW_hr += (dh + dy)^T m, m recomputed */
-            for (int r = 0; r < nb; r++)
-                for (int j = 0; j < P; j++)
-                    dht[(size_t)r * P + j] = dh[(size_t)r * P + j] + dyt[(size_t)r * lddy + j];
+            /* h = W_hr m: dm = dh W_hr, dW_hr += dh^T m, with m = o * tanh(c) recomputed */
             for (int r = 0; r < nb; r++)
                 for (int j = 0; j < H; j++)
                     m[(size_t)r * H + j] = g[(size_t)r * GH + 3 * H + j] *
                                            FN(lf_tanh)(auxt[(size_t)r * H + j]);
-            FN(gemm)(bl, 0, 0, nb, H, P, 1, dht, P, w_hr, H, 0, dm, H);
-            FN(gemm)(bl, 1, 0, P, H, nb, 1, dht, P, m, H, 1, dw_hr, H);
-            dhin = dm; lddh = H; dyin = NULL;
+            FN(gemm)(bl, 0, 0, nb, H, P, 1, dh, P, w_hr, H, 0, dm, H);
+            FN(gemm)(bl, 1, 0, P, H, nb, 1, dh, P, m, H, 1, dw_hr, H);
+            dhin = dm; lddh = H;
         }
         for (int part = 0; part < 2; part++) {
             const int r0 = part ? carried : 0, r1 = part ? nb : carried;
@@ -240,8 +239,7 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
             a.aux = auxt ? auxt + (size_t)r0 * H : NULL;
             a.h_prev = hprev + (off + r0) * P; a.ld_hp = P;
             a.c_prev = lstm ? (part ? c0 + (size_t)r0 * H : aux + (offprev + r0) * H) : NULL;
-            a.dy = dyin ? dyin + (size_t)r0 * lddy : NULL; a.ld_dy = lddy;
-            a.dh = (TYPE *)dhin + (size_t)r0 * lddh; a.ld_dh = lddh;
+            a.dh = dhin + (size_t)r0 * lddh; a.ld_dh = lddh;
             a.dc = lstm ? dc + (size_t)r0 * H : NULL;
             FN(cell_bwd)[cell](&a);
         }

@@ -5,6 +5,8 @@ directions, variable lengths (packed internally, the way PyTorch packs sequences
 dropout between layers, stateful carry, and the cache kept for backward. The
 recurrence itself runs in the C kernels (csrc/), one call per layer and direction.
 """
+import warnings
+
 import numpy as np
 
 from . import _kernels
@@ -78,9 +80,9 @@ class _Packing:
         return self
 
     def pack(self, a):
-        """[T, B, F] -> [N, F], contiguous."""
+        """[T, B, F] -> [N, F], a new contiguous array (the caller's may change later)."""
         flat = a.reshape(self.T * self.B, a.shape[2])
-        return np.ascontiguousarray(flat if self.index is None else flat[self.index])
+        return np.array(flat) if self.index is None else flat[self.index]
 
     def unpack(self, p):
         """[N, F] -> [T, B, F], zero past each sequence's length."""
@@ -91,8 +93,8 @@ class _Packing:
         return out.reshape(self.T, self.B, p.shape[1])
 
     def sort_batch(self, s):
-        """State [L*D, B, F] into the packed batch order, contiguous per slice."""
-        return np.ascontiguousarray(s if self.perm is None else s[:, self.perm])
+        """State [L*D, B, F] into the packed batch order: a new array, contiguous per slice."""
+        return np.array(s) if self.perm is None else np.ascontiguousarray(s[:, self.perm])
 
     def unsort_batch(self, s):
         return s if self.perm is None else np.ascontiguousarray(s[:, self.inverse])
@@ -119,6 +121,9 @@ class _RNNBase(Module):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
                 or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if dropout > 0 and self.num_layers == 1:
+            warnings.warn(f"dropout={dropout} acts between layers, so it has no effect with "
+                          f"num_layers=1", stacklevel=3)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -277,7 +282,9 @@ class _RNNBase(Module):
         out, finals, layers = self._forward_packed(pack.pack(x), init, pack, self.training,
                                                    draw_mask)
         out = pack.unpack(out)
-        out = np.ascontiguousarray(self._time_major(out)) if self.batch_first else out
+        # the caller gets its own array: backward reads the cached output as h_{t-1}
+        out = np.ascontiguousarray(self._time_major(out)) if self.batch_first else \
+            (out.copy() if pack.index is None and self.training else out)
         finals = [pack.unsort_batch(s) for s in finals]
         if self.training:
             self._cache = dict(pack=pack, init=init, layers=layers, y_shape=out.shape)

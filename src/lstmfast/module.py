@@ -67,8 +67,8 @@ class Module:
             v = np.asarray(v)
             if v.shape != p.shape:
                 raise ValueError(f"state_dict[{k!r}] has shape {v.shape}, expected {p.shape}")
-            if not np.issubdtype(v.dtype, np.number):
-                raise TypeError(f"state_dict[{k!r}] has non-numeric dtype {v.dtype}")
+            if v.dtype.kind not in "fiub":
+                raise TypeError(f"state_dict[{k!r}] must hold real numbers, got dtype {v.dtype}")
             new[k] = v
         for k, v in new.items():
             self.params[k][...] = v

@@ -37,13 +37,17 @@ class _Recurrence(torch.autograd.Function):
                                                    params)
         ctx.engine, ctx.pack, ctx.names = engine, pack, names
         ctx.init, ctx.params, ctx.layers = init, params, layers
-        return (torch.from_numpy(y),) + tuple(torch.from_numpy(f) for f in finals)
+        out = torch.from_numpy(y)
+        # saved so that autograd's version counters catch in-place changes before backward
+        ctx.save_for_backward(x, out, *tensors)
+        return (out,) + tuple(torch.from_numpy(f) for f in finals)
 
     @staticmethod
     def backward(ctx, dy, *dfinal):
         if ctx.layers is None:
             raise RuntimeError("lstmfast: this graph was already backpropagated "
                                "(retain_graph is not supported)")
+        ctx.saved_tensors  # raises if any input or the output was modified in place
         engine = ctx.engine
         dfinal = [np.zeros_like(s) if d is None else _np(d) for s, d in zip(ctx.init, dfinal)]
         dy = np.zeros((ctx.pack.rows, ctx.layers[-1][1].shape[1]), engine.dtype) \

@@ -1,0 +1,457 @@
+"""Behaviour of the layers beyond the math: stateful carry, determinism, input conversion,
+train/eval and the forward/backward protocol, gradient accumulation, state_dict, repr,
+threads, and numerical safety for huge inputs.
+"""
+import tracemalloc
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import lstmfast
+from layer_helpers import (
+    MODE_IDS, Case, assert_close, layer_state, make_layer, make_problem, oracle, run_layer,
+)
+
+# float64 against float64 (oracle or the layer on another chunking): summation order only
+F64_RTOL = 1e-10
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(98765)
+
+
+def loaded(case, prob, dtype=np.float64, **kw):
+    m = make_layer(case, dtype, **kw)
+    m.load_state_dict(prob["params"])
+    return m
+
+
+def split_state(case, state):
+    return state if case.is_lstm else (state, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stateful: chunks of one long sequence
+# ---------------------------------------------------------------------------------------------
+
+CHUNKS = [(0, 3), (3, 4), (4, 8)]      # T = 8 in chunks of 3, 1 and 4 steps
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_stateful_chunks_equal_one_long_sequence(mode, batch_first, rng):
+    case = Case(mode, 2, False, T=8, B=3, I=4, H=3, with_state=True)
+    prob = make_problem(case, int(rng.integers(2**31)))
+    # the whole sequence at once, from the given initial state
+    whole = loaded(case, prob, batch_first=batch_first).eval()
+    tm = (lambda a: a.transpose(1, 0, 2)) if batch_first else (lambda a: a)
+    y_all, state_all = whole(tm(prob["x"]), layer_state(case, prob))
+
+    m = loaded(case, prob, batch_first=batch_first, stateful=True)
+    h0, c0 = prob["h0"], prob["c0"]
+    for i, (a, b) in enumerate(CHUNKS):
+        chunk = dict(prob, x=prob["x"][a:b], gy=prob["gy"][a:b], h0=h0, c0=c0)
+        ccase = Case(mode, 2, False, T=b - a, B=3, I=4, H=3, with_state=True)
+        # only the first chunk gets the explicit state; later ones use the carry (state=None)
+        m.zero_grad()
+        y, state = m(np.ascontiguousarray(tm(chunk["x"])),
+                     layer_state(ccase, chunk) if i == 0 else None)
+        dstate = (chunk["gh"], chunk["gc"]) if case.is_lstm else chunk["gh"]
+        dx, dinit = m.backward(np.ascontiguousarray(tm(chunk["gy"])), dstate)
+        dh0, dc0 = split_state(case, dinit)
+
+        assert_close(tm(y), tm(y_all)[a:b], F64_RTOL, f"chunk {i}: y")
+        # truncated BPTT: the chunk's gradient is the oracle's for the chunk alone, started
+        # from the carried state as a constant
+        ref = oracle(ccase, chunk)
+        assert_close(tm(dx), ref["dx"], F64_RTOL, f"chunk {i}: dx")
+        assert_close(dh0, ref["dh0"], F64_RTOL, f"chunk {i}: d(carried h)")
+        if case.is_lstm:
+            assert_close(dc0, ref["dc0"], F64_RTOL, f"chunk {i}: d(carried c)")
+        for name, g in ref["grads"].items():
+            assert_close(m.grads[name], g, F64_RTOL, f"chunk {i}: grad {name}")
+        h0, c0 = split_state(case, state)
+    for got, want in zip(split_state(case, state), split_state(case, state_all)):
+        if want is not None:
+            assert_close(got, want, F64_RTOL, "final state")
+
+
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_stateful_carry_reset_and_override(mode, rng):
+    case = Case(mode, 2, True, T=3, B=2, I=3, H=3)
+    prob = make_problem(case, int(rng.integers(2**31)))
+    x1, x2 = prob["x"], prob["x"][::-1].copy()
+    plain = loaded(case, prob).eval()          # not stateful: every call starts from zeros
+    m = loaded(case, prob, stateful=True).eval()
+
+    y1, s1 = m(x1)
+    assert np.array_equal(y1, plain(x1)[0])
+    # mutating what was returned must not touch the carry
+    for s in (s1 if case.is_lstm else (s1,)):
+        s[...] = 123.0
+    y2, _ = m(x2)
+    expected, _ = plain(x2, plain(x1)[1])     # x2 from the state x1 ended in
+    assert np.array_equal(y2, expected)
+
+    m.reset_state()
+    assert np.array_equal(m(x2)[0], plain(x2)[0]), "reset_state() must start from zeros again"
+
+    # an explicit state overrides the carry, and the carry then continues from that call
+    other = plain(x2)[1]
+    y, s = m(x1, other)
+    assert np.array_equal(y, plain(x1, other)[0])
+    assert np.array_equal(m(x2)[0], plain(x2, s)[0])
+
+    # without stateful, state=None always means zeros
+    assert np.array_equal(plain(x1)[0], plain(x1)[0])
+
+
+def test_stateful_with_lengths_carries_each_sequences_last_valid_state(rng):
+    case = Case("lstm", 1, False, T=4, B=3, I=2, H=3, lengths=(2, 4, 1))
+    prob = make_problem(case, int(rng.integers(2**31)))
+    m = loaded(case, prob, stateful=True).eval()
+    plain = loaded(case, prob).eval()
+    _, s = m(prob["x"], None, prob["lengths"])
+    x2 = prob["x"][::-1].copy()
+    assert np.array_equal(m(x2)[0], plain(x2, s)[0])
+    ref = oracle(case, prob)
+    assert_close(s[0], ref["h_n"], F64_RTOL, "carried h")
+
+
+def test_stateful_batch_size_change_after_reset_is_fine(rng):
+    m = lstmfast.LSTM(3, 4, stateful=True, seed=0)
+    m(rng.standard_normal((2, 5, 3)))
+    with pytest.raises(ValueError, match="reset_state"):
+        m(rng.standard_normal((2, 4, 3)))
+    m.reset_state()
+    y, _ = m(rng.standard_normal((2, 4, 3)))
+    assert y.shape == (2, 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism and input conversion
+# ---------------------------------------------------------------------------------------------
+
+def forward_backward(m, x, state=None, lengths=None, dy_seed=0, dstate=None):
+    y, s = m(x, state, lengths)
+    dy = np.random.default_rng(dy_seed).standard_normal(y.shape)
+    m.zero_grad()
+    dx, ds = m.backward(dy, dstate)
+    flat = lambda t: list(t) if isinstance(t, tuple) else [t]  # noqa: E731
+    return [y, *flat(s), dx, *flat(ds)] + [g.copy() for g in m.grads.values()]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_identical_input_gives_bitwise_identical_results(mode, dtype, rng):
+    case = Case(mode, 2, True, T=9, B=13, I=21, H=19, lengths=None)
+    x = rng.standard_normal((9, 13, 21))
+    lengths = rng.integers(1, 10, 13)
+    a = make_layer(case, dtype, seed=11)
+    b = make_layer(case, dtype, seed=11)
+    for lens in (None, lengths):
+        first = forward_backward(a, x, lengths=lens)
+        again = forward_backward(a, x, lengths=lens)
+        other = forward_backward(b, x, lengths=lens)
+        for u, v, w in zip(first, again, other):
+            assert np.array_equal(u, v) and np.array_equal(u, w)
+
+
+def variants(a):
+    """(name, array-like) forms of the values of `a` that the layer must accept."""
+    big = np.zeros((a.shape[0], 2 * a.shape[1], a.shape[2] + 3), a.dtype)
+    big[:, ::2, 1:1 + a.shape[2]] = a
+    return [
+        ("strided", big[:, ::2, 1:1 + a.shape[2]]),
+        ("fortran", np.asfortranarray(a)),
+        ("transposed_view", np.ascontiguousarray(a.transpose(2, 1, 0)).transpose(2, 1, 0)),
+        ("negative_strides", np.ascontiguousarray(a[::-1])[::-1]),
+        ("readonly", np.lib.stride_tricks.as_strided(a, writeable=False)),
+        ("list", a.tolist()),
+    ]
+
+
+INPUT_KINDS = ["strided", "fortran", "transposed_view", "negative_strides", "readonly", "list"]
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("mode", ["lstm_proj", "gru"])
+def test_non_contiguous_inputs_equal_contiguous(mode, dtype, kind, rng):
+    case = Case(mode, 2, True, T=4, B=3, I=5, H=4, with_state=True, lengths=(2, 4, 1))
+    prob = make_problem(case, int(rng.integers(2**31)))
+    conv = {k: (v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype == np.float64 else v)
+            for k, v in prob.items()}
+    m = loaded(case, prob, dtype, seed=0)
+    dstate = (conv["gh"], conv["gc"]) if case.is_lstm else conv["gh"]
+    want = forward_backward(m, conv["x"], layer_state(case, conv), conv["lengths"],
+                            dstate=dstate)
+    pick = lambda arr: dict(variants(arr))[kind]  # noqa: E731
+    state = (pick(conv["h0"]), pick(conv["c0"])) if case.is_lstm else pick(conv["h0"])
+    dstate = (pick(conv["gh"]), pick(conv["gc"])) if case.is_lstm else pick(conv["gh"])
+    got = forward_backward(m, pick(conv["x"]), state, conv["lengths"], dstate=dstate)
+    for u, v in zip(got, want):
+        assert np.array_equal(u, v)
+
+
+@pytest.mark.parametrize("src_dtype", [np.float16, np.float32, np.float64, np.int8, np.int64,
+                                       np.uint16, np.bool_])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_other_dtypes_are_converted(dtype, src_dtype, rng):
+    m = lstmfast.LSTM(3, 4, 2, bidirectional=True, dtype=dtype, seed=1)
+    x = (rng.standard_normal((5, 2, 3)) * 3).astype(src_dtype)
+    h0 = (rng.standard_normal((4, 2, 4)) * 3).astype(src_dtype)
+    c0 = (rng.standard_normal((4, 2, 4)) * 3).astype(src_dtype)
+    got = forward_backward(m, x, (h0, c0))
+    want = forward_backward(m, x.astype(dtype), (h0.astype(dtype), c0.astype(dtype)))
+    for u, v in zip(got, want):
+        assert u.dtype == dtype
+        assert np.array_equal(u, v)
+
+
+@pytest.mark.parametrize("form", ["list", "tuple", "int32", "uint8", "int64_strided"])
+def test_lengths_forms(form, rng):
+    m = lstmfast.GRU(3, 4, bidirectional=True, dtype=np.float64, seed=1)
+    x = rng.standard_normal((5, 4, 3))
+    base = [3, 5, 1, 3]
+    lengths = {"list": base, "tuple": tuple(base), "int32": np.array(base, np.int32),
+               "uint8": np.array(base, np.uint8),
+               "int64_strided": np.array([3, 0, 5, 0, 1, 0, 3, 0], np.int64)[::2]}[form]
+    want = forward_backward(m, x, lengths=np.array(base))
+    got = forward_backward(m, x, lengths=lengths)
+    for u, v in zip(got, want):
+        assert np.array_equal(u, v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward uses what forward saw: later in-place changes to the caller's arrays don't count
+# ---------------------------------------------------------------------------------------------
+# numpy has no version counter to catch this (torch raises on such a change), so the layer
+# must not keep references to the caller's x / state, or hand out its cached y.
+
+def mutate_x(x, h0, c0, y):
+    x[...] = 0.5
+
+
+def mutate_state(x, h0, c0, y):
+    h0[...] = 0.5
+    if c0 is not None:
+        c0[...] = 0.5
+
+
+def mutate_y(x, h0, c0, y):
+    y[...] = 0.5     # e.g. an in-place activation on the output before its backward
+
+
+@pytest.mark.parametrize("mutate", [mutate_x, mutate_state, mutate_y], ids=["x", "state", "y"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_backward_ignores_in_place_changes_after_forward(mode, mutate, rng):
+    case = Case(mode, 2, False, T=4, B=3, I=3, H=3, with_state=True)
+    prob = make_problem(case, int(rng.integers(2**31)))
+    ref = oracle(case, prob)
+    m = loaded(case, prob)
+    x, h0 = prob["x"].copy(), prob["h0"].copy()
+    c0 = prob["c0"].copy() if case.is_lstm else None
+    y, _ = m(x, (h0, c0) if case.is_lstm else h0)
+    mutate(x, h0, c0, y)
+    dx, dinit = m.backward(prob["gy"], (prob["gh"], prob["gc"]) if case.is_lstm else prob["gh"])
+    dh0, _ = split_state(case, dinit)
+    assert_close(dx, ref["dx"], F64_RTOL, "dx")
+    assert_close(dh0, ref["dh0"], F64_RTOL, "dh0")
+    for name, g in ref["grads"].items():
+        assert_close(m.grads[name], g, F64_RTOL, f"grad {name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# train / eval and the forward-backward protocol
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_eval_mode_keeps_no_cache_and_backward_raises(mode, rng):
+    case = Case(mode, 2, True, T=3, B=2, I=3, H=3)
+    m = make_layer(case, seed=0)
+    assert m.training
+    assert m.eval() is m and not m.training
+    x = rng.standard_normal((3, 2, 3))
+    y, _ = m(x)
+    with pytest.raises(RuntimeError, match="eval"):
+        m.backward(np.ones_like(y))
+    # a pending training cache is dropped by an eval forward
+    assert m.train() is m and m.training
+    m(x)
+    m.eval()
+    m(x)
+    m.train()
+    with pytest.raises(RuntimeError, match="training-mode forward"):
+        m.backward(np.ones_like(y))
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_eval_forward_holds_no_per_step_memory(mode):
+    """In eval the layer keeps nothing after the call; in training it keeps the gates."""
+    case = Case(mode, 1, False, T=2000, B=4, I=8, H=32)
+    m = make_layer(case, seed=0)
+    x = np.ones((2000, 4, 8))
+    held = {}
+    for training in (True, False):
+        m.train(training)
+        tracemalloc.start()
+        try:
+            y, s = m(x)
+            del y, s
+            held[training] = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+    gates_bytes = 2000 * 4 * 32 * 8      # at least [T*B, G*H] float64 with G >= 1
+    assert held[True] > gates_bytes
+    assert held[False] < 64 * 1024, f"eval forward left {held[False]} bytes allocated"
+
+
+def test_backward_twice_raises_and_forward_rearms(rng):
+    m = lstmfast.LSTM(3, 4, seed=0, dtype=np.float64)
+    x = rng.standard_normal((3, 2, 3))
+    y, _ = m(x)
+    m.backward(np.ones_like(y))
+    with pytest.raises(RuntimeError, match="only one backward"):
+        m.backward(np.ones_like(y))
+    y, _ = m(x)
+    m.backward(np.ones_like(y))
+
+
+def test_backward_before_forward_raises():
+    m = lstmfast.GRU(3, 4, seed=0)
+    with pytest.raises(RuntimeError, match="must follow a training-mode forward"):
+        m.backward(np.zeros((1, 1, 4)))
+
+
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_grads_accumulate_and_zero_grad(mode, rng):
+    case = Case(mode, 2, True, T=3, B=2, I=3, H=3, lengths=(3, 1))
+    prob = make_problem(case, int(rng.integers(2**31)))
+    m = loaded(case, prob)
+    once = run_layer(m, case, prob)["grads"]
+    twice = run_layer(m, case, prob)["grads"]      # no zero_grad in between: accumulates
+    for name in once:
+        # adding the same terms again: exact up to the order of the additions
+        assert_close(twice[name], 2 * once[name], 1e-14, name)
+    grads_before = {k: id(g) for k, g in m.grads.items()}
+    m.zero_grad()
+    assert all(not np.any(g) for g in m.grads.values())
+    assert {k: id(g) for k, g in m.grads.items()} == grads_before, "zero_grad works in place"
+
+
+# ---------------------------------------------------------------------------------------------
+# state_dict and repr
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_state_dict_round_trip(mode, rng):
+    case = Case(mode, 2, True, T=3, B=2, I=3, H=3)
+    a = make_layer(case, seed=1)
+    b = make_layer(case, seed=2)
+    sd = a.state_dict()
+    assert list(sd) == list(a.params)
+    # a copy: changing it changes nothing in the layer
+    first = next(iter(sd))
+    sd[first][...] = 42.0
+    assert not np.any(a.params[first] == 42.0)
+    sd = a.state_dict()
+
+    live = {k: p for k, p in b.params.items()}
+    b.load_state_dict(sd)
+    assert all(b.params[k] is live[k] for k in live), "load_state_dict must copy in place"
+    for k in sd:
+        assert np.array_equal(b.params[k], a.params[k])
+    x = rng.standard_normal((3, 2, 3))
+    for u, v in zip(forward_backward(a, x), forward_backward(b, x)):
+        assert np.array_equal(u, v)
+    # float32 dict into a float64 layer of the same config: values converted exactly
+    c = make_layer(case, np.float64, seed=3)
+    c.load_state_dict({k: v.astype(np.float32) for k, v in sd.items()})
+    for k in sd:
+        assert c.params[k].dtype == np.float64
+        assert np.array_equal(c.params[k], sd[k].astype(np.float32))
+
+
+REPRS = [
+    (lambda: lstmfast.LSTM(10, 20), "LSTM(10, 20, dtype=float32)"),
+    (lambda: lstmfast.LSTM(10, 20, 2, batch_first=True, bidirectional=True, proj_size=5,
+                           dropout=0.25, dtype=np.float64),
+     "LSTM(10, 20, num_layers=2, batch_first=True, dropout=0.25, bidirectional=True, "
+     "proj_size=5, dtype=float64)"),
+    (lambda: lstmfast.GRU(3, 7, 3, bias=False, stateful=True),
+     "GRU(3, 7, num_layers=3, bias=False, stateful=True, dtype=float32)"),
+    (lambda: lstmfast.RNN(4, 6, nonlinearity="relu"),
+     "RNN(4, 6, nonlinearity='relu', dtype=float32)"),
+    (lambda: lstmfast.RNN(4, 6), "RNN(4, 6, dtype=float32)"),
+]
+
+
+@pytest.mark.parametrize("make, expected", REPRS, ids=[r[1].split(",")[0] + str(i)
+                                                      for i, r in enumerate(REPRS)])
+def test_repr_shows_the_config(make, expected):
+    assert repr(make()) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads: two layers at once give exactly the serial results
+# ---------------------------------------------------------------------------------------------
+
+def thread_job(cls, dtype, seed, **kw):
+    rng = np.random.default_rng(seed)
+    m = cls(32, 48, 2, bidirectional=True, dtype=dtype, seed=seed, **kw)
+    x = rng.standard_normal((40, 12, 32)).astype(dtype)
+    lengths = rng.integers(1, 41, 12)
+    dy = rng.standard_normal((40, 12, 2 * (kw.get("proj_size") or 48))).astype(dtype)
+
+    def run():
+        m.zero_grad()
+        y, _ = m(x, lengths=lengths)
+        dx, _ = m.backward(dy)
+        return [y, dx] + [g.copy() for g in m.grads.values()]
+    return run
+
+
+def test_two_threads_two_layers_bitwise_equal_serial():
+    jobs = [thread_job(lstmfast.LSTM, np.float32, 1, proj_size=16),
+            thread_job(lstmfast.GRU, np.float64, 2)]
+    serial = [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(3):
+            results = [f.result() for f in [pool.submit(job) for job in jobs]]
+            for job_result, expected in zip(results, serial):
+                for got, want in zip(job_result, expected):
+                    assert np.array_equal(got, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerical safety: huge inputs saturate, they do not overflow
+# ---------------------------------------------------------------------------------------------
+
+HUGE = {np.float32: (1e4, -1e4, 1e30, -1e30, 3e38), np.float64: (1e4, -1e4, 1e300, -1e300)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("mode", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
+def test_huge_inputs_give_finite_results_without_warnings(mode, dtype, rng):
+    case = Case(mode, 2, True, T=4, B=5, I=6, H=3)
+    m = make_layer(case, dtype, seed=0)
+    x = rng.choice(np.array(HUGE[dtype]), size=(4, 5, 6)) * rng.choice([1, -1], size=(4, 5, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="raise"):
+            y, state = m(x)
+            dx, dinit = m.backward(np.ones_like(y), None)
+            m.eval()
+            y_eval, _ = m(x)
+    for name, a in [("y", y), ("y_eval", y_eval), ("dx", dx)] + \
+            [(f"state{i}", s) for i, s in enumerate(state if case.is_lstm else (state,))] + \
+            [(f"dstate{i}", s) for i, s in enumerate(dinit if case.is_lstm else (dinit,))] + \
+            list(m.grads.items()):
+        assert np.all(np.isfinite(a)), f"{name} is not finite"
+    if not case.P:
+        # sigmoid/tanh outputs: |h| <= 1 (LSTM: o * tanh(c); GRU: a mix of tanh and h0 = 0)
+        assert np.all(np.abs(y) <= 1)
