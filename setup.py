@@ -9,10 +9,11 @@ from setuptools import Extension, setup
 extensions = [
     Extension(
         "lstmfast._kernels",
-        sources=["src/lstmfast/_kernels.pyx", "csrc/recurrence.c"],
+        sources=["src/lstmfast/_kernels.pyx", "csrc/recurrence.c", "csrc/blas.c"],
         include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-        extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"],
+        extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math", "-pthread"],
+        extra_link_args=["-pthread"],
     )
 ]
 

@@ -12,7 +12,7 @@
  */
 
 typedef struct {
-    int rows, H;
+    int rows, H, u0, u1;             /* rows, hidden size, the units [u0, u1) to compute */
     TYPE *g;                         /* [rows, G*H]; overwritten with the activations */
     const TYPE *gh;                  /* GRU: [rows, 3H] h_prev @ W_hh^T, no bias */
     const TYPE *bx, *bh;             /* [G*H] bias added to g; GRU: b_hn for gh's n block */
@@ -23,7 +23,7 @@ typedef struct {
 } FN(fwd_step);
 
 typedef struct {
-    int rows, H;
+    int rows, H, u0, u1;
     TYPE *g;                         /* in: activations; out: dG */
     TYPE *aux;                       /* LSTM: c_t; GRU: gh_n + b_hn in, its gradient out */
     const TYPE *h_prev; int ld_hp;   /* GRU */
@@ -46,7 +46,7 @@ LF_CLONES static void FN(lstm_fwd)(const FN(fwd_step) *a)
         TYPE *c = a->aux + (size_t)r * H;
         TYPE *h = a->h + (size_t)r * a->ld_h;
 #pragma GCC ivdep
-        for (int j = 0; j < H; j++) {
+        for (int j = a->u0; j < a->u1; j++) {
             TYPE i = FN(lf_sigmoid)(g[j] + bx[j]);
             TYPE f = FN(lf_sigmoid)(g[H + j] + bx[H + j]);
             TYPE gg = FN(lf_tanh)(g[2 * H + j] + bx[2 * H + j]);
@@ -69,7 +69,7 @@ LF_CLONES static void FN(lstm_bwd)(const FN(bwd_step) *a)
         const TYPE *dh = a->dh + (size_t)r * a->ld_dh;
         TYPE *dc = a->dc + (size_t)r * H;
 #pragma GCC ivdep
-        for (int j = 0; j < H; j++) {
+        for (int j = a->u0; j < a->u1; j++) {
             TYPE i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];
             TYPE tc = FN(lf_tanh)(c[j]);
             TYPE dct = dc[j] + dh[j] * o * (1 - tc * tc);
@@ -93,7 +93,7 @@ LF_CLONES static void FN(gru_fwd)(const FN(fwd_step) *a)
         TYPE *h = a->h + (size_t)r * a->ld_h;
         TYPE *ghn_out = a->aux + (size_t)r * H;
 #pragma GCC ivdep
-        for (int j = 0; j < H; j++) {
+        for (int j = a->u0; j < a->u1; j++) {
             TYPE rr = FN(lf_sigmoid)(g[j] + bx[j] + gh[j]);
             TYPE z = FN(lf_sigmoid)(g[H + j] + bx[H + j] + gh[H + j]);
             TYPE ghn = gh[2 * H + j] + bh[2 * H + j];
@@ -114,7 +114,7 @@ LF_CLONES static void FN(gru_bwd)(const FN(bwd_step) *a)
         const TYPE *hp = a->h_prev + (size_t)r * a->ld_hp;
         TYPE *dh = a->dh + (size_t)r * a->ld_dh;
 #pragma GCC ivdep
-        for (int j = 0; j < H; j++) {
+        for (int j = a->u0; j < a->u1; j++) {
             TYPE rr = g[j], z = g[H + j], n = g[2 * H + j];
             TYPE dht = dh[j];
             TYPE dn = dht * (1 - z) * (1 - n * n);
@@ -136,7 +136,7 @@ static inline void FN(rnn_fwd)(const FN(fwd_step) *a, const int relu)
         TYPE *g = a->g + (size_t)r * H;
         TYPE *h = a->h + (size_t)r * a->ld_h;
 #pragma GCC ivdep
-        for (int j = 0; j < H; j++) {
+        for (int j = a->u0; j < a->u1; j++) {
             TYPE v = g[j] + bx[j];
             v = relu ? (v > 0 ? v : 0) : FN(lf_tanh)(v);
             h[j] = v;
@@ -152,7 +152,7 @@ static inline void FN(rnn_bwd)(const FN(bwd_step) *a, const int relu)
         TYPE *g = a->g + (size_t)r * H;
         const TYPE *dh = a->dh + (size_t)r * a->ld_dh;
 #pragma GCC ivdep
-        for (int j = 0; j < H; j++) {
+        for (int j = a->u0; j < a->u1; j++) {
             TYPE h = g[j];
             g[j] = relu ? (h > 0 ? dh[j] : 0) : dh[j] * (1 - h * h);
         }

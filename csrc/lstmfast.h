@@ -24,22 +24,31 @@ typedef void (*lf_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                             double *alpha, double *a, int *lda, double *b, int *ldb,
                             double *beta, double *c, int *ldc);
 
+/* set_threads_local: OpenBLAS' openblas_set_num_threads_local (returns the previous
+ * value), or NULL. With it, each of our threads runs its share of a GEMM on one BLAS
+ * thread; without it, a call runs on one thread of ours and BLAS threads as it likes. */
 typedef struct {
     lf_sgemm_fn sgemm;
     lf_dgemm_fn dgemm;
+    int (*set_threads_local)(int);
 } lf_blas;
+
+/* The BLAS' own per-thread thread-count setter, found from one of its gemm symbols
+ * (blas.c), or NULL. */
+int (*lf_find_set_threads_local(const void *gemm))(int);
 
 enum lf_cell { LF_LSTM = 0, LF_GRU = 1, LF_RNN_TANH = 2, LF_RNN_RELU = 3 };
 
 enum { LF_OK = 0, LF_EARG = -1 };
 
 /* The shape of one direction of one layer.
- * seq_len T, batch B, input_size I, hidden_size H, out_size P.
+ * seq_len T, batch B, input_size I, hidden_size H, out_size P; threads: at most this
+ * many threads (fewer when the work per step is too small to share).
  * lengths: NULL (every sequence has T steps) or [B] valid lengths in 1..T sorted in
  * non-increasing order, so that the rows active at any step are a prefix of the batch.
  * reverse: process t = T-1 .. 0; with lengths each row starts at its own last step. */
 typedef struct {
-    int cell, seq_len, batch, input_size, hidden_size, out_size, reverse;
+    int cell, seq_len, batch, input_size, hidden_size, out_size, reverse, threads;
     const int *lengths;
 } lf_dims;
 
@@ -49,8 +58,10 @@ int lf_num_gates(int cell);
 int lf_aux_size(int cell, int H);
 
 /* Elements of scratch that lf_forward_* / lf_backward_* need for these dims. */
-size_t lf_forward_work_size(const lf_dims *d, int training);
-size_t lf_backward_work_size(const lf_dims *d);
+size_t lf_forward_work_size_f32(const lf_dims *d, int training);
+size_t lf_forward_work_size_f64(const lf_dims *d, int training);
+size_t lf_backward_work_size_f32(const lf_dims *d);
+size_t lf_backward_work_size_f64(const lf_dims *d);
 
 /* Forward.
  *   x [T*B, I] (row stride ldx); w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or NULL;

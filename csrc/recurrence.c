@@ -1,5 +1,9 @@
-/* Instantiates the recurrence driver and the cells for float and double from one
- * template (recurrence.template.h, cells.template.h), plus the dtype-free helpers. */
+/* Instantiates the recurrence driver, the packed per-step GEMM and the cells for float
+ * and double from one template each (recurrence.template.h, panel.template.h,
+ * cells.template.h), plus the dtype-free helpers: shapes, lengths, threads. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
 #include <string.h>
 #include "lstmfast.h"
 #include "pointwise.h"
@@ -67,40 +71,134 @@ static int lf_chunk_steps(const lf_dims *d)
     return steps < d->seq_len ? steps : d->seq_len;
 }
 
-size_t lf_forward_work_size(const lf_dims *d, int training)
+/* ---- threads ------------------------------------------------------------------- */
+
+#define LF_MAX_THREADS 64
+/* room for aligning the work buffer and each piece carved from it */
+#define LF_WORK_SLACK (64 + 16 * 32)
+
+/* A team of threads for one kernel call (the caller is thread 0), with a spin
+ * barrier: the threads meet once or twice per timestep, microseconds apart, too often
+ * to sleep in between. */
+typedef struct {
+    int n;
+    int count, gen, go;
+} lf_team;
+
+static void lf_pause(int *spins)
 {
-    const size_t GH = (size_t)lf_num_gates(d->cell) * d->hidden_size, B = d->batch;
-    size_t n = 2 * GH;
-    if (d->cell == LF_GRU) n += B * GH;
-    if (lf_has_proj(d)) n += B * d->hidden_size;
-    if (d->cell == LF_GRU) n += B * d->hidden_size;
-    if (!training) n += (size_t)lf_chunk_steps(d) * B * GH;
-    return n;
+    if (++*spins > 2000) {  /* someone else has the core: let them run */
+        sched_yield();
+        *spins = 0;
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
 }
 
-size_t lf_backward_work_size(const lf_dims *d)
+static void lf_barrier_wait(lf_team *tm)
 {
-    const size_t B = d->batch, H = d->hidden_size, P = d->out_size;
-    size_t n = B * P + (size_t)lf_total_rows(d) * P;
-    if (d->cell == LF_LSTM) n += B * H;
-    if (lf_has_proj(d)) n += 2 * B * H;
-    return n;
+    if (tm->n == 1) return;
+    const int gen = __atomic_load_n(&tm->gen, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&tm->count, 1, __ATOMIC_ACQ_REL) == tm->n) {
+        __atomic_store_n(&tm->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&tm->gen, gen + 1, __ATOMIC_RELEASE);
+    } else {
+        int spins = 0;
+        while (__atomic_load_n(&tm->gen, __ATOMIC_ACQUIRE) == gen) lf_pause(&spins);
+    }
+}
+
+typedef struct {
+    void (*fn)(void *, int);
+    void *ctx;
+    lf_team *team;
+    int tid;
+} lf_job;
+
+static void *lf_thread_main(void *arg)
+{
+    lf_job *job = arg;
+    int spins = 0;
+    while (!__atomic_load_n(&job->team->go, __ATOMIC_ACQUIRE)) lf_pause(&spins);
+    job->fn(job->ctx, job->tid);
+    return NULL;
+}
+
+/* Run fn(ctx, tid) on up to `want` threads; team->n is the number that really run,
+ * fixed before any of them starts (a thread that cannot be created is simply absent). */
+static void lf_team_run(lf_team *tm, int want, void (*fn)(void *, int), void *ctx)
+{
+    pthread_t th[LF_MAX_THREADS];
+    lf_job jobs[LF_MAX_THREADS];
+    int created = 0;
+    tm->count = tm->gen = tm->go = 0;
+    tm->n = 1;
+    for (int i = 1; i < want && i < LF_MAX_THREADS; i++) {
+        jobs[i].fn = fn; jobs[i].ctx = ctx; jobs[i].team = tm; jobs[i].tid = i;
+        if (pthread_create(&th[i], NULL, lf_thread_main, &jobs[i]) != 0) break;
+        created++;
+    }
+    tm->n = created + 1;
+    __atomic_store_n(&tm->go, 1, __ATOMIC_RELEASE);
+    fn(ctx, 0);
+    for (int i = 1; i <= created; i++) pthread_join(th[i], NULL);
+}
+
+/* Threads worth using: no more than requested or than there are panels to share, and
+ * one when a step is too small to pay for a barrier. */
+static int lf_team_size(const lf_dims *d, int npanels)
+{
+    int n = d->threads < 1 ? 1 : d->threads;
+    if (n > npanels) n = npanels;
+    if (n > LF_MAX_THREADS) n = LF_MAX_THREADS;
+    double per_step = (double)d->batch * d->out_size * lf_num_gates(d->cell) * d->hidden_size;
+    return per_step < 32768 ? 1 : n;
+}
+
+/* [lo, hi): part i of n items split into parts */
+static void lf_split(int n, int parts, int i, int *lo, int *hi)
+{
+    *lo = (int)((long long)n * i / parts);
+    *hi = (int)((long long)n * (i + 1) / parts);
+}
+
+/* With several threads of ours each BLAS call stays on its own thread, and so it does
+ * when the caller asked for one thread; otherwise BLAS threads as it is set to. */
+static int lf_blas_one_thread(const lf_blas *bl, const lf_dims *d, int nthreads)
+{
+    return bl->set_threads_local && (nthreads > 1 || d->threads == 1);
+}
+
+static int lf_blas_threads_enter(const lf_blas *bl, const lf_dims *d, int nthreads)
+{
+    return lf_blas_one_thread(bl, d, nthreads) ? bl->set_threads_local(1) : 0;
+}
+
+static void lf_blas_threads_leave(const lf_blas *bl, const lf_dims *d, int nthreads,
+                                  int previous)
+{
+    if (lf_blas_one_thread(bl, d, nthreads)) bl->set_threads_local(previous);
 }
 
 #define TYPE float
 #define FN(name) name##_f32
 #define BLAS_GEMM(bl) ((bl)->sgemm)
 #include "cells.template.h"
+#include "panel.template.h"
 #include "recurrence.template.h"
 #undef TYPE
 #undef FN
 #undef BLAS_GEMM
+#undef VL
 
 #define TYPE double
 #define FN(name) name##_f64
 #define BLAS_GEMM(bl) ((bl)->dgemm)
 #include "cells.template.h"
+#include "panel.template.h"
 #include "recurrence.template.h"
 #undef TYPE
 #undef FN
 #undef BLAS_GEMM
+#undef VL

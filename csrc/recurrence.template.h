@@ -1,18 +1,24 @@
 /* The shared recurrence driver for every cell type, one direction of one layer.
- * Included once per dtype by recurrence.c.
+ * Included once per dtype by recurrence.c, after cells.template.h and panel.template.h.
  *
  * Layout: sequences are packed time-major, the way PyTorch packs them. Step t holds
  * the nb(t) rows whose length exceeds t (a prefix of the batch, since lengths are
  * sorted non-increasing) at packed rows off(t) .. off(t)+nb(t); without lengths this
  * is the plain [T, B] layout. So x, y, gates and aux are [N, .] with N = sum(lengths).
  *
- * Forward: one GEMM for the input projection of all steps (in inference, of a chunk
- * of steps at a time, so memory stays O(B*H)), then per step one GEMM h_prev @ W_hh^T
- * (two when some rows start from h0 mid-way: the reverse direction with lengths) and
- * one fused pointwise pass. The cache kept for backward is the gate activations and
- * the cell's aux rows (LSTM: c_t); h_t is y itself.
- * Backward: per step one fused pointwise pass giving dG, then dh_prev = dG @ W_hh;
- * afterwards the weight gradients and dx as GEMMs over all N rows at once.
+ * Forward: one BLAS GEMM for the input projection of all steps (in inference, of a
+ * chunk of steps at a time, so memory stays O(B*H)); then per step the recurrent GEMM
+ * h_{t-1} W_hh^T on W_hh packed once per call (panel.template.h), each panel followed at
+ * once by the cell's pointwise step on the units it produced. The cache for backward is
+ * the gate activations and the cell's aux rows (LSTM: c_t); h_t is y itself.
+ * Backward: per step the pointwise step giving dG, then dh_{t-1} = dG W_hh on packed
+ * panels; afterwards the weight gradients and dx as BLAS GEMMs over all N rows.
+ *
+ * Threads: the work of a step is split by hidden units (whole panels), one spin barrier
+ * per step (two with a projection); the BLAS GEMMs are split by rows, each thread
+ * calling a single-threaded BLAS, so no BLAS worker competes with ours for the cores.
+ * Every output element is computed by one thread in a fixed order: results depend on
+ * the thread count only through the BLAS row split.
  */
 
 /* C[M,N] = alpha op(A) op(B) + beta C for row-major operands: column-major BLAS sees
@@ -27,18 +33,22 @@ static void FN(gemm)(const lf_blas *bl, int ta, int tb, int M, int N, int K,
                   &beta, C, &ldc);
 }
 
-static void FN(copy_rows)(int rows, int cols, const TYPE *src, int lds, TYPE *dst, int ldd)
+/* dst[r, c0:c1] = src[r, c0:c1] for rows r < rows */
+static void FN(copy_cols)(int rows, int c0, int c1, const TYPE *src, int lds, TYPE *dst,
+                          int ldd)
 {
+    if (c1 <= c0) return;
     for (int r = 0; r < rows; r++)
-        memcpy(dst + (size_t)r * ldd, src + (size_t)r * lds, (size_t)cols * sizeof(TYPE));
+        memcpy(dst + (size_t)r * ldd + c0, src + (size_t)r * lds + c0,
+               (size_t)(c1 - c0) * sizeof(TYPE));
 }
 
-/* acc[j] += sum over rows of m[r, j] */
-static void FN(add_colsum)(int rows, int cols, const TYPE *m, int ldm, TYPE *acc)
+/* acc[j] += sum over rows of m[r, j], for j in [c0, c1) */
+static void FN(add_colsum)(int rows, int c0, int c1, const TYPE *m, int ldm, TYPE *acc)
 {
     for (int r = 0; r < rows; r++) {
         const TYPE *row = m + (size_t)r * ldm;
-        for (int j = 0; j < cols; j++) acc[j] += row[j];
+        for (int j = c0; j < c1; j++) acc[j] += row[j];
     }
 }
 
@@ -56,6 +66,168 @@ static void FN(prepare_bias)(const lf_dims *d, const TYPE *b_ih, const TYPE *b_h
     }
 }
 
+/* The packed-weight layouts, shared by the work-size functions and the kernels. */
+static void FN(fwd_panels)(const lf_dims *d, FN(panels) *pw, FN(panels) *pr)
+{
+    const int G = lf_num_gates(d->cell), H = d->hidden_size, P = d->out_size;
+    FN(panels_init)(pw, P, G == 1 ? 2 : G, G, H, 0);        /* W_hh, gate-interleaved */
+    FN(panels_init)(pr, H, 3, 0, 0, P);                     /* W_hr: y = m W_hr^T */
+}
+
+static void FN(bwd_panels)(const lf_dims *d, FN(panels) *pb, FN(panels) *prt)
+{
+    const int GH = lf_num_gates(d->cell) * d->hidden_size;
+    FN(panels_init)(pb, GH, 3, 0, 0, d->out_size);          /* dh = dG W_hh */
+    FN(panels_init)(prt, d->out_size, 3, 0, 0, d->hidden_size);  /* dm = dh W_hr */
+}
+
+/* Elements of work, with room to align the panels to 32 bytes. */
+size_t FN(lf_forward_work_size)(const lf_dims *d, int training)
+{
+    const size_t GH = (size_t)lf_num_gates(d->cell) * d->hidden_size, B = d->batch;
+    const size_t H = d->hidden_size;
+    FN(panels) pw, pr;
+    FN(fwd_panels)(d, &pw, &pr);
+    size_t n = LF_WORK_SLACK / sizeof(TYPE) + FN(panels_size)(&pw) + 2 * GH;
+    if (d->cell == LF_GRU) n += B * GH + B * H;
+    if (lf_has_proj(d)) n += B * H + FN(panels_size)(&pr);
+    if (!training) n += (size_t)lf_chunk_steps(d) * B * GH;
+    return n;
+}
+
+size_t FN(lf_backward_work_size)(const lf_dims *d)
+{
+    const size_t B = d->batch, H = d->hidden_size, P = d->out_size;
+    const size_t N = (size_t)lf_total_rows(d);
+    FN(panels) pb, prt;
+    FN(bwd_panels)(d, &pb, &prt);
+    size_t n = LF_WORK_SLACK / sizeof(TYPE) + FN(panels_size)(&pb) + B * P + N * P;
+    n += (LF_MAX_THREADS * (size_t)d->seq_len * sizeof(double) + sizeof(TYPE) - 1) / sizeof(TYPE);
+    if (d->cell == LF_LSTM) n += B * H;
+    if (lf_has_proj(d)) n += FN(panels_size)(&prt) + B * H + N * H + N * P;
+    return n;
+}
+
+/* Carve n elements off *w, keeping 32-byte alignment for the next piece. */
+static TYPE *FN(take)(TYPE **w, size_t n)
+{
+    TYPE *p = *w;
+    *w += (n + 32 / sizeof(TYPE) - 1) / (32 / sizeof(TYPE)) * (32 / sizeof(TYPE));
+    return p;
+}
+
+typedef struct {
+    const lf_blas *bl;
+    const lf_dims *d;
+    const TYPE *x, *w_ih, *w_hh, *w_hr, *h0, *c0;
+    TYPE *y, *h_n, *c_n, *gates, *aux;
+    int ldx, ldy, training, Tc;
+    TYPE *bx, *bh, *gh, *m, *ghn, *gbuf;
+    FN(panels) pw, pr;
+    lf_team team;
+} FN(fwd_ctx);
+
+static void FN(fwd_worker)(void *arg, int tid)
+{
+    FN(fwd_ctx) *c = arg;
+    const lf_dims *d = c->d;
+    const int cell = d->cell, T = d->seq_len, I = d->input_size, H = d->hidden_size;
+    const int P = d->out_size, GH = lf_num_gates(cell) * H, nt = c->team.n;
+    const int lstm = cell == LF_LSTM, gru = cell == LF_GRU, proj = c->w_hr != NULL;
+    const int ldx = c->ldx, ldy = c->ldy, Tc = c->Tc;
+    const int blas_prev = lf_blas_threads_enter(c->bl, d, nt);
+
+    int p0, p1, q0 = 0, q1 = 0, u0, u1, v0, v1;
+    lf_split(c->pw.npanels, nt, tid, &p0, &p1);
+    FN(pack)(&c->pw, c->w_hh, P, 1, p0, p1);
+    FN(panel_units)(&c->pw, p0, p1, &u0, &u1);       /* this thread's hidden units */
+    v0 = u0; v1 = u1;                                /* and its units of h */
+    if (proj) {
+        lf_split(c->pr.npanels, nt, tid, &q0, &q1);
+        FN(pack)(&c->pr, c->w_hr, H, 1, q0, q1);
+        FN(panel_units)(&c->pr, q0, q1, &v0, &v1);
+    }
+    lf_barrier_wait(&c->team);
+
+    const ptrdiff_t N = lf_total_rows(d);
+    ptrdiff_t off = d->reverse ? N - lf_active(d, T - 1) : 0;
+    ptrdiff_t chunk0 = 0;  /* packed row where gbuf starts */
+    int tprev = -1;
+    for (int s = 0; s < T; s++) {
+        const int t = d->reverse ? T - 1 - s : s;
+        const int nb = lf_active(d, t);
+        if (s % Tc == 0) {
+            /* the packed rows of steps s .. s+Tc-1 are contiguous in either direction */
+            const int steps = T - s < Tc ? T - s : Tc;
+            ptrdiff_t rows = 0;
+            for (int k = 0; k < steps; k++) rows += lf_active(d, d->reverse ? t - k : t + k);
+            chunk0 = d->reverse ? off + nb - rows : off;
+            int r0, r1;
+            lf_split((int)rows, nt, tid, &r0, &r1);
+            FN(gemm)(c->bl, 0, 1, r1 - r0, GH, I, 1, c->x + (chunk0 + r0) * ldx, ldx,
+                     c->w_ih, I, 0, c->gbuf + (size_t)r0 * GH, GH);
+            lf_barrier_wait(&c->team);
+        }
+        TYPE *g = c->gbuf + (off - chunk0) * GH;
+        TYPE *yt = c->y + off * ldy;
+        const int nprev = tprev < 0 ? 0 : lf_active(d, tprev);
+        const int carried = nb < nprev ? nb : nprev;
+        const ptrdiff_t offprev = d->reverse ? off + nb : off - nprev;
+        const TYPE *hp = c->y + offprev * ldy;       /* valid for rows < carried */
+        TYPE *rec = gru ? c->gh : g;                 /* GRU keeps the recurrent part apart */
+        TYPE *hout = proj ? c->m : yt;
+        const int ldhout = proj ? H : ldy;
+        /* LSTM: c_t goes to the cache in training; in inference c_n holds the running
+         * state in place (rows that have not started yet still hold c0) */
+        TYPE *auxt = c->training ? c->aux + off * lf_aux_size(cell, H) : (lstm ? c->c_n : c->ghn);
+        const TYPE *cprev = c->training ? c->aux + offprev * H : c->c_n;
+        const TYPE *cprev_new = c->training ? c->c0 : c->c_n;
+
+        /* panels a few at a time: the gates just computed are still in cache for the
+         * pointwise step */
+        for (int pc = p0; pc < p1; pc += 4) {
+            const int pe = pc + 4 < p1 ? pc + 4 : p1;
+            int a0, a1;
+            FN(panel_units)(&c->pw, pc, pe, &a0, &a1);
+            FN(panel_gemm)(&c->pw, pc, pe, carried, P, hp, ldy, NULL, 0, rec, GH, !gru);
+            FN(panel_gemm)(&c->pw, pc, pe, nb - carried, P, c->h0 + (size_t)carried * P, P,
+                           NULL, 0, rec + (size_t)carried * GH, GH, !gru);
+            for (int part = 0; part < 2; part++) {
+                const int r0 = part ? carried : 0, r1 = part ? nb : carried;
+                if (r1 <= r0) continue;
+                FN(fwd_step) a;
+                a.rows = r1 - r0; a.H = H; a.u0 = a0; a.u1 = a1;
+                a.g = g + (size_t)r0 * GH;
+                a.gh = c->gh + (size_t)r0 * GH;
+                a.bx = c->bx; a.bh = c->bh;
+                a.h_prev = part ? c->h0 + (size_t)r0 * P : hp + (size_t)r0 * ldy;
+                a.ld_hp = part ? P : ldy;
+                a.c_prev = lstm ? (part ? cprev_new : cprev) + (size_t)r0 * H : NULL;
+                a.aux = lf_aux_size(cell, H) ? auxt + (size_t)r0 * H : NULL;
+                a.h = hout + (size_t)r0 * ldhout; a.ld_h = ldhout;
+                FN(cell_fwd)[cell](&a);
+            }
+        }
+        if (proj) {
+            lf_barrier_wait(&c->team);
+            FN(panel_gemm)(&c->pr, q0, q1, nb, H, c->m, H, NULL, 0, yt, ldy, 0);
+        }
+
+        /* rows whose sequence ends here: forward direction, length t+1; reverse, all at t=0 */
+        const int nb_next = s + 1 < T ? lf_active(d, d->reverse ? t - 1 : t + 1) : 0;
+        const int end0 = nb_next < nb ? nb_next : nb;
+        FN(copy_cols)(nb - end0, v0, v1, yt + (size_t)end0 * ldy, ldy,
+                      c->h_n + (size_t)end0 * P, P);
+        if (lstm && c->training)
+            FN(copy_cols)(nb - end0, u0, u1, auxt + (size_t)end0 * H, H,
+                          c->c_n + (size_t)end0 * H, H);
+        lf_barrier_wait(&c->team);
+        tprev = t;
+        off = d->reverse ? off - nb_next : off + nb;
+    }
+    lf_blas_threads_leave(c->bl, d, nt, blas_prev);
+}
+
 int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
                    const TYPE *x, int ldx, const TYPE *w_ih, const TYPE *w_hh,
                    const TYPE *b_ih, const TYPE *b_hh, const TYPE *w_hr,
@@ -65,7 +237,7 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
 {
     if (!lf_dims_valid(d) || !x || !w_ih || !w_hh || !h0 || !y || !h_n || !work)
         return LF_EARG;
-    const int cell = d->cell, T = d->seq_len, B = d->batch, I = d->input_size, H = d->hidden_size, P = d->out_size;
+    const int cell = d->cell, B = d->batch, H = d->hidden_size;
     const int GH = lf_num_gates(cell) * H;
     const int training = gates != NULL;
     const int lstm = cell == LF_LSTM, gru = cell == LF_GRU;
@@ -73,81 +245,179 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
         (w_hr != NULL) != lf_has_proj(d))
         return LF_EARG;
 
-    const int Tc = training ? T : lf_chunk_steps(d);
-    TYPE *bx = work, *bh = bx + GH;
-    TYPE *gh = bh + GH;                       /* GRU: [B, GH] */
-    TYPE *m = gh + (gru ? (size_t)B * GH : 0); /* projection: [B, H] */
-    TYPE *ghn = m + (w_hr ? (size_t)B * H : 0); /* GRU inference: [B, H] scratch aux */
-    TYPE *gbuf = training ? gates : ghn + (gru ? (size_t)B * H : 0);
-    FN(prepare_bias)(d, b_ih, b_hh, bx, bh);
+    FN(fwd_ctx) c;
+    c.bl = bl; c.d = d; c.x = x; c.w_ih = w_ih; c.w_hh = w_hh; c.w_hr = w_hr;
+    c.h0 = h0; c.c0 = c0; c.y = y; c.h_n = h_n; c.c_n = c_n; c.gates = gates; c.aux = aux;
+    c.ldx = ldx; c.ldy = ldy; c.training = training;
+    c.Tc = training ? d->seq_len : lf_chunk_steps(d);
+    FN(fwd_panels)(d, &c.pw, &c.pr);
+    TYPE *w = (TYPE *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    c.pw.data = FN(take)(&w, FN(panels_size)(&c.pw));
+    c.pr.data = w_hr ? FN(take)(&w, FN(panels_size)(&c.pr)) : NULL;
+    c.bx = FN(take)(&w, GH);
+    c.bh = FN(take)(&w, GH);
+    c.gh = gru ? FN(take)(&w, (size_t)B * GH) : NULL;
+    c.m = w_hr ? FN(take)(&w, (size_t)B * H) : NULL;
+    c.ghn = gru ? FN(take)(&w, (size_t)B * H) : NULL;
+    c.gbuf = training ? gates : FN(take)(&w, (size_t)c.Tc * B * GH);
+    FN(prepare_bias)(d, b_ih, b_hh, c.bx, c.bh);
     if (lstm && !training) memcpy(c_n, c0, (size_t)B * H * sizeof(TYPE));
+    lf_team_run(&c.team, lf_team_size(d, c.pw.npanels), FN(fwd_worker), &c);
+    return LF_OK;
+}
 
+typedef struct {
+    const lf_blas *bl;
+    const lf_dims *d;
+    const TYPE *x, *w_ih, *w_hh, *w_hr, *h0, *c0, *y, *dy;
+    TYPE *gates, *aux, *dx, *dh0, *dc0, *dw_ih, *dw_hh, *db_ih, *db_hh, *dw_hr;
+    double *dh_norms, *norms_part;
+    int ldx, ldy, lddy, lddx, accumulate_dx;
+    TYPE *dh, *dc, *hprev, *dm, *m_all, *dh_all;
+    FN(panels) pb, prt;
+    lf_team team;
+} FN(bwd_ctx);
+
+static void FN(bwd_worker)(void *arg, int tid)
+{
+    FN(bwd_ctx) *c = arg;
+    const lf_dims *d = c->d;
+    const int cell = d->cell, T = d->seq_len, I = d->input_size, H = d->hidden_size;
+    const int P = d->out_size, GH = lf_num_gates(cell) * H, nt = c->team.n;
+    const int lstm = cell == LF_LSTM, gru = cell == LF_GRU, proj = c->w_hr != NULL;
+    const int split = lf_hh_split(cell, H), ldy = c->ldy, lddy = c->lddy;
+    const int blas_prev = lf_blas_threads_enter(c->bl, d, nt);
     const ptrdiff_t N = lf_total_rows(d);
+    TYPE *dh = c->dh, *dc = c->dc, *hprev = c->hprev;
+
+    int p0, p1, q0 = 0, q1 = 0, u0, u1, v0, v1;
+    lf_split(c->pb.npanels, nt, tid, &p0, &p1);
+    FN(pack)(&c->pb, c->w_hh, P, 0, p0, p1);
+    FN(panel_units)(&c->pb, p0, p1, &v0, &v1);       /* this thread's units of h */
+    u0 = v0; u1 = v1;                                /* and its hidden units */
+    if (proj) {
+        lf_split(c->prt.npanels, nt, tid, &q0, &q1);
+        FN(pack)(&c->prt, c->w_hr, H, 0, q0, q1);
+        FN(panel_units)(&c->prt, q0, q1, &u0, &u1);
+    }
+
+    /* Gather h_{t-1} of every packed row (this thread's columns), so that the
+     * weight-gradient GEMM runs once over all rows. */
     ptrdiff_t off = d->reverse ? N - lf_active(d, T - 1) : 0;
-    ptrdiff_t chunk0 = 0; /* packed row where gbuf starts */
     int tprev = -1;
     for (int s = 0; s < T; s++) {
         const int t = d->reverse ? T - 1 - s : s;
         const int nb = lf_active(d, t);
-        if (s % Tc == 0) {
-            /* the packed rows of steps s .. s+Tc-1 are contiguous in either direction */
-            int steps = T - s < Tc ? T - s : Tc;
-            ptrdiff_t rows = 0;
-            for (int k = 0; k < steps; k++) rows += lf_active(d, d->reverse ? t - k : t + k);
-            chunk0 = d->reverse ? off + nb - rows : off;
-            FN(gemm)(bl, 0, 1, (int)rows, GH, I, 1, x + chunk0 * ldx, ldx, w_ih, I, 0,
-                     gbuf, GH);
-        }
-        TYPE *g = gbuf + (off - chunk0) * GH;
-        TYPE *yt = y + off * ldy;
         const int nprev = tprev < 0 ? 0 : lf_active(d, tprev);
         const int carried = nb < nprev ? nb : nprev;
         const ptrdiff_t offprev = d->reverse ? off + nb : off - nprev;
-        const TYPE *hp = y + offprev * ldy;       /* valid for rows < carried */
+        FN(copy_cols)(carried, v0, v1, c->y + offprev * ldy, ldy, hprev + off * P, P);
+        FN(copy_cols)(nb - carried, v0, v1, c->h0 + (size_t)carried * P, P,
+                      hprev + (off + carried) * P, P);
+        tprev = t;
+        if (s + 1 < T) off = d->reverse ? off - lf_active(d, t - 1) : off + nb;
+    }
+    lf_barrier_wait(&c->team);
 
-        /* recurrent GEMM: carried rows from the previous step's output, new rows from h0 */
-        TYPE *rec = gru ? gh : g;
-        const int ldrec = GH;
-        const TYPE beta = gru ? 0 : 1;
-        FN(gemm)(bl, 0, 1, carried, GH, P, 1, hp, ldy, w_hh, P, beta, rec, ldrec);
-        FN(gemm)(bl, 0, 1, nb - carried, GH, P, 1, h0 + (size_t)carried * P, P, w_hh, P,
-                 beta, rec + (size_t)carried * ldrec, ldrec);
+    /* BPTT, visiting the steps in the opposite order to the forward. */
+    for (int s = T - 1; s >= 0; s--) {
+        const int t = d->reverse ? T - 1 - s : s;
+        const int nb = lf_active(d, t);
+        const int tp = d->reverse ? t + 1 : t - 1;     /* the forward's previous step */
+        const int nprev = s == 0 ? 0 : lf_active(d, tp);
+        const int carried = nb < nprev ? nb : nprev;
+        const ptrdiff_t offprev = d->reverse ? off + nb : off - nprev;
+        TYPE *g = c->gates + off * GH;
+        TYPE *auxt = c->aux ? c->aux + off * lf_aux_size(cell, H) : NULL;
+        const TYPE *dyt = c->dy + off * lddy;
 
-        TYPE *hout = w_hr ? m : yt;
-        const int ldhout = w_hr ? H : ldy;
-        /* LSTM: c_t goes to the cache in training; in inference c_n holds the running
-         * state in place (rows that have not started yet still hold c0) */
-        TYPE *auxt = training ? aux + off * lf_aux_size(cell, H) : (lstm ? c_n : ghn);
-        const TYPE *cprev = training ? aux + offprev * H : c_n;
-        const TYPE *cprev_new = training ? c0 : c_n;
+        /* dh becomes the total dL/dh_t: through the recurrence plus from the output */
+        double sq = 0;
+        for (int r = 0; r < nb; r++) {
+            TYPE *dhr = dh + (size_t)r * P;
+            const TYPE *dyr = dyt + (size_t)r * lddy;
+            for (int j = v0; j < v1; j++) {
+                dhr[j] += dyr[j];
+                sq += (double)dhr[j] * dhr[j];
+            }
+        }
+        c->norms_part[(size_t)tid * T + t] = sq;
+        TYPE *dhin = dh;
+        int lddh = P;
+        if (proj) {
+            /* h = W_hr m: dm = dh W_hr; dW_hr += dh^T m later, with m = o * tanh(c_t)
+             * recomputed here while g still holds o */
+            FN(copy_cols)(nb, v0, v1, dh, P, c->dh_all + off * P, P);
+            for (int r = 0; r < nb; r++)
+                for (int j = u0; j < u1; j++)
+                    c->m_all[(off + r) * H + j] = g[(size_t)r * GH + 3 * H + j] *
+                                                  FN(lf_tanh)(auxt[(size_t)r * H + j]);
+            lf_barrier_wait(&c->team);
+            FN(panel_gemm)(&c->prt, q0, q1, nb, P, dh, P, NULL, 0, c->dm, H, 0);
+            dhin = c->dm; lddh = H;
+        }
         for (int part = 0; part < 2; part++) {
             const int r0 = part ? carried : 0, r1 = part ? nb : carried;
             if (r1 <= r0) continue;
-            FN(fwd_step) a;
-            a.rows = r1 - r0; a.H = H;
+            FN(bwd_step) a;
+            a.rows = r1 - r0; a.H = H; a.u0 = u0; a.u1 = u1;
             a.g = g + (size_t)r0 * GH;
-            a.gh = gh + (size_t)r0 * GH;
-            a.bx = bx; a.bh = bh;
-            a.h_prev = part ? h0 + (size_t)r0 * P : hp + (size_t)r0 * ldy;
-            a.ld_hp = part ? P : ldy;
-            a.c_prev = lstm ? (part ? cprev_new : cprev) + (size_t)r0 * H : NULL;
-            a.aux = lf_aux_size(cell, H) ? auxt + (size_t)r0 * H : NULL;
-            a.h = hout + (size_t)r0 * ldhout; a.ld_h = ldhout;
-            FN(cell_fwd)[cell](&a);
+            a.aux = auxt ? auxt + (size_t)r0 * H : NULL;
+            a.h_prev = hprev + (off + r0) * P; a.ld_hp = P;
+            a.c_prev = lstm ? (part ? c->c0 + (size_t)r0 * H : c->aux + (offprev + r0) * H)
+                            : NULL;
+            a.dh = dhin + (size_t)r0 * lddh; a.ld_dh = lddh;
+            a.dc = lstm ? dc + (size_t)r0 * H : NULL;
+            FN(cell_bwd)[cell](&a);
         }
-        if (w_hr) FN(gemm)(bl, 0, 1, nb, P, H, 1, m, H, w_hr, H, 0, yt, ldy);
-
-        /* rows whose sequence ends here: forward direction, length t+1; reverse, all at t=0 */
-        const int nb_next = s + 1 < T ? lf_active(d, d->reverse ? t - 1 : t + 1) : 0;
-        for (int r = nb_next < nb ? nb_next : nb; r < nb; r++) {
-            memcpy(h_n + (size_t)r * P, yt + (size_t)r * ldy, (size_t)P * sizeof(TYPE));
-            if (lstm && training)
-                memcpy(c_n + (size_t)r * H, auxt + (size_t)r * H, (size_t)H * sizeof(TYPE));
-        }
-        tprev = t;
-        off = d->reverse ? off - nb_next : off + nb;
+        lf_barrier_wait(&c->team);
+        /* dh_{t-1} = dG_hh W_hh (+ the GRU's direct path z * dh_t, left in dh) */
+        FN(panel_gemm)(&c->pb, p0, p1, nb, split, g, GH, split < GH ? auxt : NULL, H, dh, P,
+                       gru);
+        if (s > 0) off = d->reverse ? off + nb : off - lf_active(d, tp);
     }
-    return LF_OK;
+    lf_barrier_wait(&c->team);
+    if (tid == 0) {
+        memcpy(c->dh0, dh, (size_t)d->batch * P * sizeof(TYPE));
+        if (lstm) memcpy(c->dc0, dc, (size_t)d->batch * H * sizeof(TYPE));
+        if (c->dh_norms)
+            for (int t = 0; t < T; t++) {
+                double sq = 0;
+                for (int k = 0; k < nt; k++) sq += c->norms_part[(size_t)k * T + t];
+                c->dh_norms[t] = sqrt(sq);
+            }
+    }
+
+    /* Everything that does not feed the recurrence, as GEMMs over all N rows, split
+     * by output rows between the threads. */
+    const int n = (int)N;
+    int r0, r1;
+    TYPE *gates = c->gates;
+    lf_split(GH, nt, tid, &r0, &r1);
+    FN(gemm)(c->bl, 1, 0, r1 - r0, I, n, 1, gates + r0, GH, c->x, c->ldx, 1,
+             c->dw_ih + (size_t)r0 * I, I);
+    if (r0 < split) {
+        const int e = r1 < split ? r1 : split;
+        FN(gemm)(c->bl, 1, 0, e - r0, P, n, 1, gates + r0, GH, hprev, P, 1,
+                 c->dw_hh + (size_t)r0 * P, P);
+        if (c->db_hh) FN(add_colsum)(n, r0, e, gates, GH, c->db_hh);
+    }
+    if (r1 > split) {
+        const int b = r0 > split ? r0 : split;
+        FN(gemm)(c->bl, 1, 0, r1 - b, P, n, 1, c->aux + (b - split), H, hprev, P, 1,
+                 c->dw_hh + (size_t)b * P, P);
+        if (c->db_hh) FN(add_colsum)(n, b - split, r1 - split, c->aux, H, c->db_hh + split);
+    }
+    if (c->db_ih) FN(add_colsum)(n, r0, r1, gates, GH, c->db_ih);
+    if (proj) {
+        lf_split(P, nt, tid, &r0, &r1);
+        FN(gemm)(c->bl, 1, 0, r1 - r0, H, n, 1, c->dh_all + r0, P, c->m_all, H, 1,
+                 c->dw_hr + (size_t)r0 * H, H);
+    }
+    lf_split(n, nt, tid, &r0, &r1);
+    FN(gemm)(c->bl, 0, 0, r1 - r0, I, GH, 1, gates + (size_t)r0 * GH, GH, c->w_ih, I,
+             c->accumulate_dx ? 1 : 0, c->dx + (size_t)r0 * c->lddx, c->lddx);
+    lf_blas_threads_leave(c->bl, d, nt, blas_prev);
 }
 
 int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
@@ -162,109 +432,36 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
     if (!lf_dims_valid(d) || !x || !w_ih || !w_hh || !h0 || !y || !gates || !dy ||
         !dh_n || !dx || !dh0 || !dw_ih || !dw_hh || !work)
         return LF_EARG;
-    const int cell = d->cell, T = d->seq_len, B = d->batch, I = d->input_size, H = d->hidden_size, P = d->out_size;
-    const int GH = lf_num_gates(cell) * H;
-    const int lstm = cell == LF_LSTM, gru = cell == LF_GRU;
-    const int split = lf_hh_split(cell, H);
+    const int cell = d->cell, B = d->batch, H = d->hidden_size, P = d->out_size;
+    const int lstm = cell == LF_LSTM;
     if ((lstm && (!c0 || !dc_n || !dc0)) || (lf_aux_size(cell, H) && !aux) ||
         (w_hr != NULL) != lf_has_proj(d) || (w_hr && !dw_hr))
         return LF_EARG;
 
-    const ptrdiff_t N = lf_total_rows(d);
-    TYPE *dh = work;                       /* [B, P] */
-    TYPE *dc = dh + (size_t)B * P;         /* LSTM: [B, H] */
-    TYPE *hprev = dc + (lstm ? (size_t)B * H : 0);  /* [N, P]: h_{t-1} of every packed row */
-    TYPE *m = hprev + (size_t)N * P;       /* projection: [B, H], [B, H] */
-    TYPE *dm = m + (size_t)B * H;
-    memcpy(dh, dh_n, (size_t)B * P * sizeof(TYPE));
-    if (lstm) memcpy(dc, dc_n, (size_t)B * H * sizeof(TYPE));
-
-    /* Gather h_{t-1} for every packed row: the weight-gradient GEMM then runs once. */
-    ptrdiff_t off = d->reverse ? N - lf_active(d, T - 1) : 0;
-    int tprev = -1;
-    for (int s = 0; s < T; s++) {
-        const int t = d->reverse ? T - 1 - s : s;
-        const int nb = lf_active(d, t);
-        const int nprev = tprev < 0 ? 0 : lf_active(d, tprev);
-        const int carried = nb < nprev ? nb : nprev;
-        const ptrdiff_t offprev = d->reverse ? off + nb : off - nprev;
-        FN(copy_rows)(carried, P, y + offprev * ldy, ldy, hprev + off * P, P);
-        FN(copy_rows)(nb - carried, P, h0 + (size_t)carried * P, P,
-                      hprev + (off + carried) * P, P);
-        tprev = t;
-        if (s + 1 < T) off = d->reverse ? off - lf_active(d, t - 1) : off + nb;
+    const size_t N = (size_t)lf_total_rows(d);
+    FN(bwd_ctx) c;
+    c.bl = bl; c.d = d; c.x = x; c.w_ih = w_ih; c.w_hh = w_hh; c.w_hr = w_hr;
+    c.h0 = h0; c.c0 = c0; c.y = y; c.dy = dy; c.gates = gates; c.aux = aux; c.dx = dx;
+    c.dh0 = dh0; c.dc0 = dc0; c.dw_ih = dw_ih; c.dw_hh = dw_hh; c.db_ih = db_ih;
+    c.db_hh = db_hh; c.dw_hr = dw_hr; c.dh_norms = dh_norms;
+    c.ldx = ldx; c.ldy = ldy; c.lddy = lddy; c.lddx = lddx; c.accumulate_dx = accumulate_dx;
+    FN(bwd_panels)(d, &c.pb, &c.prt);
+    TYPE *w = (TYPE *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    c.pb.data = FN(take)(&w, FN(panels_size)(&c.pb));
+    c.norms_part = (double *)FN(take)(
+        &w, (LF_MAX_THREADS * (size_t)d->seq_len * sizeof(double) + sizeof(TYPE) - 1) /
+                sizeof(TYPE));
+    c.dh = FN(take)(&w, (size_t)B * P);
+    c.dc = lstm ? FN(take)(&w, (size_t)B * H) : NULL;
+    c.hprev = FN(take)(&w, N * P);
+    if (w_hr) {
+        c.prt.data = FN(take)(&w, FN(panels_size)(&c.prt));
+        c.dm = FN(take)(&w, (size_t)B * H);
+        c.m_all = FN(take)(&w, N * H);
+        c.dh_all = FN(take)(&w, N * P);
     }
-
-    /* BPTT, visiting the steps in the opposite order to the forward. */
-    for (int s = T - 1; s >= 0; s--) {
-        const int t = d->reverse ? T - 1 - s : s;
-        const int nb = lf_active(d, t);
-        const int tp = d->reverse ? t + 1 : t - 1;     /* the forward's previous step */
-        const int nprev = s == 0 ? 0 : lf_active(d, tp);
-        const int carried = nb < nprev ? nb : nprev;
-        const ptrdiff_t offprev = d->reverse ? off + nb : off - nprev;
-        TYPE *g = gates + off * GH;
-        TYPE *auxt = aux ? aux + off * lf_aux_size(cell, H) : NULL;
-        const TYPE *dyt = dy + off * lddy;
-
-        /* dh becomes the total dL/dh_t: through the recurrence plus from the output */
-        double sq = 0;
-        for (int r = 0; r < nb; r++) {
-            TYPE *dhr = dh + (size_t)r * P;
-            const TYPE *dyr = dyt + (size_t)r * lddy;
-            for (int j = 0; j < P; j++) {
-                dhr[j] += dyr[j];
-                sq += (double)dhr[j] * dhr[j];
-            }
-        }
-        if (dh_norms) dh_norms[t] = sqrt(sq);
-        TYPE *dhin = dh;
-        int lddh = P;
-        if (w_hr) {
-            /* h = W_hr m: dm = dh W_hr, dW_hr += dh^T m, with m = o * tanh(c) recomputed */
-            for (int r = 0; r < nb; r++)
-                for (int j = 0; j < H; j++)
-                    m[(size_t)r * H + j] = g[(size_t)r * GH + 3 * H + j] *
-                                           FN(lf_tanh)(auxt[(size_t)r * H + j]);
-            FN(gemm)(bl, 0, 0, nb, H, P, 1, dh, P, w_hr, H, 0, dm, H);
-            FN(gemm)(bl, 1, 0, P, H, nb, 1, dh, P, m, H, 1, dw_hr, H);
-            dhin = dm; lddh = H;
-        }
-        for (int part = 0; part < 2; part++) {
-            const int r0 = part ? carried : 0, r1 = part ? nb : carried;
-            if (r1 <= r0) continue;
-            FN(bwd_step) a;
-            a.rows = r1 - r0; a.H = H;
-            a.g = g + (size_t)r0 * GH;
-            a.aux = auxt ? auxt + (size_t)r0 * H : NULL;
-            a.h_prev = hprev + (off + r0) * P; a.ld_hp = P;
-            a.c_prev = lstm ? (part ? c0 + (size_t)r0 * H : aux + (offprev + r0) * H) : NULL;
-            a.dh = dhin + (size_t)r0 * lddh; a.ld_dh = lddh;
-            a.dc = lstm ? dc + (size_t)r0 * H : NULL;
-            FN(cell_bwd)[cell](&a);
-        }
-        /* dh_{t-1} = dG_hh W_hh (+ the GRU's direct path z * dh_t, left in dh) */
-        FN(gemm)(bl, 0, 0, nb, P, split, 1, g, GH, w_hh, P, gru ? 1 : 0, dh, P);
-        if (split < GH)
-            FN(gemm)(bl, 0, 0, nb, P, GH - split, 1, auxt, H, w_hh + (size_t)split * P, P,
-                     1, dh, P);
-        if (s > 0) off = d->reverse ? off + nb : off - lf_active(d, tp);
-    }
-    memcpy(dh0, dh, (size_t)B * P * sizeof(TYPE));
-    if (lstm) memcpy(dc0, dc, (size_t)B * H * sizeof(TYPE));
-
-    /* Everything that does not feed the recurrence, as GEMMs over all N rows. */
-    const int n = (int)N;
-    FN(gemm)(bl, 1, 0, GH, I, n, 1, gates, GH, x, ldx, 1, dw_ih, I);
-    FN(gemm)(bl, 0, 0, n, I, GH, 1, gates, GH, w_ih, I, accumulate_dx ? 1 : 0, dx, lddx);
-    FN(gemm)(bl, 1, 0, split, P, n, 1, gates, GH, hprev, P, 1, dw_hh, P);
-    if (split < GH)
-        FN(gemm)(bl, 1, 0, GH - split, P, n, 1, aux, H, hprev, P, 1,
-                 dw_hh + (size_t)split * P, P);
-    if (db_ih) FN(add_colsum)(n, GH, gates, GH, db_ih);
-    if (db_hh) {
-        FN(add_colsum)(n, split, gates, GH, db_hh);
-        if (split < GH) FN(add_colsum)(n, GH - split, aux, H, db_hh + split);
-    }
+    memcpy(c.dh, dh_n, (size_t)B * P * sizeof(TYPE));
+    if (lstm) memcpy(c.dc, dc_n, (size_t)B * H * sizeof(TYPE));
+    lf_team_run(&c.team, lf_team_size(d, c.pb.npanels), FN(bwd_worker), &c);
     return LF_OK;
 }

@@ -16,17 +16,22 @@ cdef extern from "lstmfast.h" nogil:
                                  int *, float *, int *, float *, float *, int *) noexcept nogil
     ctypedef void (*lf_dgemm_fn)(char *, char *, int *, int *, int *, double *, double *,
                                  int *, double *, int *, double *, double *, int *) noexcept nogil
+    ctypedef int (*lf_threads_fn)(int) noexcept nogil
     ctypedef struct lf_blas:
         lf_sgemm_fn sgemm
         lf_dgemm_fn dgemm
+        lf_threads_fn set_threads_local
     ctypedef struct lf_dims:
-        int cell, seq_len, batch, input_size, hidden_size, out_size, reverse
+        int cell, seq_len, batch, input_size, hidden_size, out_size, reverse, threads
         const int *lengths
     int LF_OK
     int lf_num_gates(int cell) noexcept
     int lf_aux_size(int cell, int H) noexcept
-    size_t lf_forward_work_size(const lf_dims *d, int training) noexcept
-    size_t lf_backward_work_size(const lf_dims *d) noexcept
+    lf_threads_fn lf_find_set_threads_local(const void *gemm) noexcept
+    size_t lf_forward_work_size_f32(const lf_dims *d, int training) noexcept
+    size_t lf_forward_work_size_f64(const lf_dims *d, int training) noexcept
+    size_t lf_backward_work_size_f32(const lf_dims *d) noexcept
+    size_t lf_backward_work_size_f64(const lf_dims *d) noexcept
     int lf_forward_f32(const lf_blas *, const lf_dims *, const float *, int, const float *,
                        const float *, const float *, const float *, const float *,
                        const float *, const float *, float *, int, float *, float *,
@@ -52,6 +57,8 @@ cdef extern from "lstmfast.h" nogil:
 cdef lf_blas _blas
 _blas.sgemm = <lf_sgemm_fn>sgemm
 _blas.dgemm = <lf_dgemm_fn>dgemm
+_blas.set_threads_local = lf_find_set_threads_local(<const void *>sgemm)
+BLAS_THREAD_CONTROL = _blas.set_threads_local != NULL
 
 CELLS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 cdef long long INT_MAX = 2147483647
@@ -107,7 +114,7 @@ cdef _check_disjoint(outputs, inputs):
 
 
 cdef _dims(lf_dims *d, int cell, int T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-           Py_ssize_t P, bint reverse, object lengths):
+           Py_ssize_t P, bint reverse, object lengths, int threads):
     """Fill d after checking every size the kernel relies on; returns (N, lengths array)."""
     if cell < 0 or cell > 3:
         raise ValueError(f"unknown cell id {cell}")
@@ -139,16 +146,19 @@ cdef _dims(lf_dims *d, int cell, int T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
     d.cell = cell; d.seq_len = T; d.batch = <int>B; d.input_size = <int>I
     d.hidden_size = <int>H; d.out_size = <int>P
     d.reverse = reverse
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    d.threads = threads
     return N
 
 
 def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
-            bint reverse, bint training, y, Py_ssize_t y_col):
+            bint reverse, bint training, y, Py_ssize_t y_col, int threads=1):
     """One direction of one layer.
 
     x [N, I] packed; w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or None; w_hr [P, H]
     or None; h0 [B, P]; c0 [B, H] (LSTM) or None; lengths int32 [B] non-increasing or None;
-    y [N, >= y_col+P] receives h_t in columns y_col .. y_col+P.
+    y [N, >= y_col+P] receives h_t in columns y_col .. y_col+P; threads: at most this many.
     Returns (h_n [B, P], c_n [B, H] or None, cache); cache is None unless training.
     """
     if not isinstance(x, np.ndarray) or x.ndim != 2:
@@ -165,7 +175,7 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     P = h0.shape[1]
     B = h0.shape[0]
     I = x.shape[1]
-    N = _dims(&d, cell, T, B, I, H, P, reverse, lengths)
+    N = _dims(&d, cell, T, B, I, H, P, reverse, lengths, threads)
     is_lstm = cell == 0
     GH = G * H
     if w_hh.shape[0] != GH:
@@ -190,7 +200,8 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     gates = np.empty((N, GH), dtype) if training else None
     aux_size = lf_aux_size(cell, H)
     aux = np.empty((N, aux_size), dtype) if training and aux_size else None
-    work = np.empty(lf_forward_work_size(&d, training), dtype)
+    work = np.empty(lf_forward_work_size_f32(&d, training) if dtype == np.float32
+                    else lf_forward_work_size_f64(&d, training), dtype)
     cdef char *phn = <char *>cnp.PyArray_DATA(<cnp.ndarray>h_n)
     cdef char *pcn = <char *>cnp.PyArray_DATA(<cnp.ndarray>c_n) if is_lstm else NULL
     cdef char *pg = <char *>cnp.PyArray_DATA(<cnp.ndarray>gates) if training else NULL
@@ -217,7 +228,8 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
 
 def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse,
              y, Py_ssize_t y_col, cache, dy, Py_ssize_t dy_col, dh_n, dc_n,
-             dx, bint accumulate_dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh_norms=None):
+             dx, bint accumulate_dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh_norms=None,
+             int threads=1):
     """BPTT for one direction of one layer, consuming `cache` from forward.
 
     Arguments as in forward; dy [N, >= dy_col+P]; dh_n [B, P]; dc_n [B, H] (LSTM);
@@ -241,7 +253,7 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
     P = h0.shape[1]
     B = h0.shape[0]
     I = x.shape[1]
-    N = _dims(&d, cell, T, B, I, H, P, reverse, lengths)
+    N = _dims(&d, cell, T, B, I, H, P, reverse, lengths, threads)
     is_lstm = cell == 0
     GH = G * H
     if w_hh.shape[0] != GH:
@@ -282,7 +294,8 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
 
     dh0 = np.empty((B, P), dtype)
     dc0 = np.empty((B, H), dtype) if is_lstm else None
-    work = np.empty(lf_backward_work_size(&d), dtype)
+    work = np.empty(lf_backward_work_size_f32(&d) if dtype == np.float32
+                    else lf_backward_work_size_f64(&d), dtype)
     cdef char *pdh0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dh0)
     cdef char *pdc0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dc0) if is_lstm else NULL
     cdef char *pw = <char *>cnp.PyArray_DATA(<cnp.ndarray>work)

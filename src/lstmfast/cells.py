@@ -8,6 +8,7 @@ is BPTT.
 import numpy as np
 
 from . import _kernels
+from .threads import get_num_threads
 from .layers import _as_float_array, _positive_int, _INT_MAX
 from .module import Module
 
@@ -78,7 +79,7 @@ class _CellBase(Module):
         h_n, c_n, cache = _kernels.forward(
             self._cell, x, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"),
             None, state[0], state[1] if self._has_cell_state else None, 1, None, False,
-            self.training, y, 0)
+            self.training, y, 0, get_num_threads())
         if self.training:
             self._stack.append((x, state, y, cache, unbatched))
         new = [h_n, c_n] if self._has_cell_state else [h_n]
@@ -103,7 +104,8 @@ class _CellBase(Module):
             self._cell, x, p["weight_ih"], p["weight_hh"], None, state[0],
             state[1] if self._has_cell_state else None, 1, None, False, y, 0, cache,
             d[0], 0, np.zeros((B, H), self.dtype), d[1] if self._has_cell_state else None,
-            dx, False, g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"), None)
+            dx, False, g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"), None,
+            None, get_num_threads())
         self._stack.pop()
         out = [dx, dh0, dc0] if self._has_cell_state else [dx, dh0]
         return [o[0] if unbatched else o for o in out]

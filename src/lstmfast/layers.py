@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from . import _kernels
+from .threads import get_num_threads
 from .module import Module
 
 __all__ = ["LSTM", "GRU", "RNN"]
@@ -324,7 +325,7 @@ class _RNNBase(Module):
                     self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("bias_ih"),
                     w.get("bias_hh"), w.get("weight_hr"), init[0][i],
                     init[1][i] if self._has_cell_state else None, pack.T, pack.lengths,
-                    d == 1, training, y, d * P)
+                    d == 1, training, y, d * P, get_num_threads())
                 finals[0][i] = h_n
                 if self._has_cell_state:
                     finals[1][i] = c_n
@@ -396,7 +397,8 @@ class _RNNBase(Module):
                     pack.lengths, d == 1, y, d * P, caches[d], dy, d * P, dfinal[0][i],
                     dfinal[1][i] if self._has_cell_state else None, dx, d == 1,
                     g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
-                    g.get("weight_hr"), None if norms is None else norms[i])
+                    g.get("weight_hr"), None if norms is None else norms[i],
+                    get_num_threads())
                 dinit[0][i] = dh0
                 if self._has_cell_state:
                     dinit[1][i] = dc0

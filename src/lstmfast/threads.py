@@ -1,0 +1,28 @@
+"""How many threads lstmfast's kernels may use (its own, and BLAS inside its calls)."""
+import os
+
+__all__ = ["set_num_threads", "get_num_threads"]
+
+_requested = None  # None: every core this process may run on
+
+
+def set_num_threads(n):
+    """Let each kernel call use at most n threads; n=None restores the default (all cores).
+
+    Like ``torch.set_num_threads``, this is a process-wide setting. With n=1 the BLAS
+    calls inside lstmfast's kernels run on the calling thread as well.
+    """
+    global _requested
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"the number of threads must be a positive int, got {n!r}")
+    _requested = n
+
+
+def get_num_threads():
+    if _requested is not None:
+        return _requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
