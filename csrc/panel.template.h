@@ -84,58 +84,74 @@ static void FN(pack)(FN(panels) *pk, const TYPE *w, int ldw, int trans_w, int p0
     }
 }
 
-/* One MR x NV tile; MR and NV are constants after inlining, so acc lives in registers. */
-static inline __attribute__((always_inline)) void FN(tile)(
-    const int MR, const int NV, const TYPE *pan, int K1, const TYPE *A1, int lda1,
-    int K2, const TYPE *A2, int lda2, FN(vec) acc[6][4])
+static inline __attribute__((always_inline)) FN(vec) FN(load)(const TYPE *p)
 {
-    for (int i = 0; i < MR; i++)
-        for (int v = 0; v < NV; v++) acc[i][v] = (FN(vec)){0};
-    const TYPE *w = pan;
-    for (int seg = 0; seg < 2; seg++) {
-        const int K = seg ? K2 : K1, lda = seg ? lda2 : lda1;
-        const TYPE *A = seg ? A2 : A1;
-        for (int k = 0; k < K; k++, w += NV * VL) {
-            FN(vec) wv[4];
-            for (int v = 0; v < NV; v++) memcpy(&wv[v], w + v * VL, sizeof(FN(vec)));
-            for (int i = 0; i < MR; i++) {
-                FN(vec) a = (FN(vec)){0} + A[(size_t)i * lda + k];
-                for (int v = 0; v < NV; v++) acc[i][v] += a * wv[v];
-            }
-        }
-    }
+    FN(vec) v;
+    memcpy(&v, p, sizeof v);  /* an unaligned vector load */
+    return v;
 }
 
-static inline __attribute__((always_inline)) void FN(tile_store)(
-    const FN(panels) *pk, int p, const int MR, const int NV, FN(vec) acc[6][4],
-    TYPE *out, int ldo, int accumulate)
-{
-    for (int v = 0; v < NV; v++) {
-        int n, col = FN(colmap)(pk, p, v, &n);
-        for (int i = 0; i < MR; i++) {
-            TYPE *o = out + (size_t)i * ldo + col;
-            if (n == VL) {
-                FN(vec) cur = acc[i][v];
-                if (accumulate) {
-                    FN(vec) old;
-                    memcpy(&old, o, sizeof old);
-                    cur += old;
-                }
-                memcpy(o, &cur, sizeof cur);
-            } else {
-                TYPE tmp[VL];
-                memcpy(tmp, &acc[i][v], sizeof tmp);
-                for (int l = 0; l < n; l++) o[l] = accumulate ? o[l] + tmp[l] : tmp[l];
-            }
-        }
+/* One MR x NV tile of out, computed in registers and stored (added) through colmap.
+ * Instantiated for each (MR, NV) with exact array sizes so that gcc keeps acc and wv in
+ * vector registers. */
+#define LF_TILE(MR, NV)                                                                 \
+    static inline __attribute__((always_inline)) void FN(tile_##MR##x##NV)(            \
+        const FN(panels) *pk, int p, const TYPE *pan, int K1, const TYPE *A1, int lda1,  \
+        int K2, const TYPE *A2, int lda2, TYPE *out, int ldo, int accumulate)            \
+    {                                                                                   \
+        const FN(vec) ones = (FN(vec)){0} + 1;                                          \
+        FN(vec) acc[MR][NV];                                                            \
+        _Pragma("GCC unroll 6")                                                         \
+        for (int i = 0; i < MR; i++)                                                    \
+            _Pragma("GCC unroll 4")                                                     \
+            for (int v = 0; v < NV; v++) acc[i][v] = (FN(vec)){0};                      \
+        const TYPE *w = pan;                                                            \
+        for (int seg = 0; seg < 2; seg++) {                                             \
+            const int K = seg ? K2 : K1, lda = seg ? lda2 : lda1;                       \
+            const TYPE *A = seg ? A2 : A1;                                              \
+            for (int k = 0; k < K; k++, w += NV * VL) {                                 \
+                FN(vec) wv[NV];                                                         \
+                _Pragma("GCC unroll 4")                                                 \
+                for (int v = 0; v < NV; v++) wv[v] = FN(load)(w + v * VL);              \
+                _Pragma("GCC unroll 6")                                                 \
+                for (int i = 0; i < MR; i++) {                                          \
+                    const FN(vec) a = ones * A[(size_t)i * lda + k];                    \
+                    _Pragma("GCC unroll 4")                                             \
+                    for (int v = 0; v < NV; v++) acc[i][v] += a * wv[v];                \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        for (int v = 0; v < NV; v++) {                                                  \
+            int n, col = FN(colmap)(pk, p, v, &n);                                      \
+            for (int i = 0; i < MR; i++) {                                              \
+                TYPE *o = out + (size_t)i * ldo + col;                                  \
+                if (n == VL) {                                                          \
+                    FN(vec) cur = acc[i][v];                                            \
+                    if (accumulate) {                                                   \
+                        FN(vec) old;                                                    \
+                        memcpy(&old, o, sizeof old);                                    \
+                        cur += old;                                                     \
+                    }                                                                   \
+                    memcpy(o, &cur, sizeof cur);                                        \
+                } else {                                                                \
+                    TYPE tmp[VL];                                                       \
+                    memcpy(tmp, &acc[i][v], sizeof tmp);                                \
+                    for (int l = 0; l < n; l++) o[l] = accumulate ? o[l] + tmp[l] : tmp[l]; \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
     }
-}
+
+LF_TILE(1, 2) LF_TILE(2, 2) LF_TILE(3, 2) LF_TILE(4, 2) LF_TILE(5, 2) LF_TILE(6, 2)
+LF_TILE(1, 3) LF_TILE(2, 3) LF_TILE(3, 3) LF_TILE(4, 3)
+LF_TILE(1, 4) LF_TILE(2, 4) LF_TILE(3, 4)
+#undef LF_TILE
 
 #define LF_TILE_CASE(mr, nv)                                                           \
     case (mr) * 8 + (nv):                                                              \
-        FN(tile)(mr, nv, pan, K1, A1 + (size_t)r * lda1, lda1, K2,                     \
-                 A2 ? A2 + (size_t)r * lda2 : NULL, lda2, acc);                        \
-        FN(tile_store)(pk, p, mr, nv, acc, out + (size_t)r * ldo, ldo, accumulate);    \
+        FN(tile_##mr##x##nv)(pk, p, pan, K1, A1 + (size_t)r * lda1, lda1, K2,          \
+                             A2 ? A2 + (size_t)r * lda2 : NULL, lda2,                  \
+                             out + (size_t)r * ldo, ldo, accumulate);                  \
         break;
 
 /* out[rows, colmap(panels p0..p1)] (+)= [A1 | A2][rows, K] W. Row blocks of 12/NV rows
@@ -147,7 +163,6 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
 {
     const int NV = pk->NV, K2 = pk->K - K1;
     const int MR = 12 / NV;
-    FN(vec) acc[6][4];
     for (int p = p0; p < p1; p++) {
         const TYPE *pan = pk->data + (size_t)p * pk->K * NV * VL;
         for (int r = 0; r < rows; r += MR) {
