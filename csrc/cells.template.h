@@ -32,29 +32,31 @@ typedef struct {
     TYPE *dc;                        /* LSTM: in dL/dc_t, out dL/dc_{t-1} (row-wise in place) */
 } FN(bwd_step);
 
-/* The loops below are written for gcc to vectorise: local pointers, no branches.
+/* The loops below are written for gcc to vectorise: local pointers, no branches, and
+ * no index arithmetic in int (Python builds extensions with -fwrapv, under which gcc
+ * cannot vectorise g[2 * H + j]).
  * ivdep: c may alias c_prev exactly (inference updates the state in place), which is
  * safe because each element is read before it is written in the same iteration. */
 
 LF_CLONES static void FN(lstm_fwd)(const FN(fwd_step) *a)
 {
     const int H = a->H;
-    const TYPE *bx = a->bx;
+    const TYPE *bi = a->bx, *bf = bi + H, *bg = bf + H, *bo = bg + H;
     for (int r = 0; r < a->rows; r++) {
-        TYPE *g = a->g + (size_t)r * 4 * H;
+        TYPE *gi = a->g + (size_t)r * 4 * H, *gf = gi + H, *gg = gf + H, *go = gg + H;
         const TYPE *cp = a->c_prev + (size_t)r * H;
         TYPE *c = a->aux + (size_t)r * H;
         TYPE *h = a->h + (size_t)r * a->ld_h;
 #pragma GCC ivdep
         for (int j = a->u0; j < a->u1; j++) {
-            TYPE i = FN(lf_sigmoid)(g[j] + bx[j]);
-            TYPE f = FN(lf_sigmoid)(g[H + j] + bx[H + j]);
-            TYPE gg = FN(lf_tanh)(g[2 * H + j] + bx[2 * H + j]);
-            TYPE o = FN(lf_sigmoid)(g[3 * H + j] + bx[3 * H + j]);
-            TYPE ct = f * cp[j] + i * gg;
+            TYPE i = FN(lf_sigmoid)(gi[j] + bi[j]);
+            TYPE f = FN(lf_sigmoid)(gf[j] + bf[j]);
+            TYPE g = FN(lf_tanh)(gg[j] + bg[j]);
+            TYPE o = FN(lf_sigmoid)(go[j] + bo[j]);
+            TYPE ct = f * cp[j] + i * g;
             c[j] = ct;
             h[j] = o * FN(lf_tanh)(ct);
-            g[j] = i; g[H + j] = f; g[2 * H + j] = gg; g[3 * H + j] = o;
+            gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
         }
     }
 }
@@ -63,20 +65,20 @@ LF_CLONES static void FN(lstm_bwd)(const FN(bwd_step) *a)
 {
     const int H = a->H;
     for (int r = 0; r < a->rows; r++) {
-        TYPE *g = a->g + (size_t)r * 4 * H;
+        TYPE *gi = a->g + (size_t)r * 4 * H, *gf = gi + H, *gg = gf + H, *go = gg + H;
         const TYPE *c = a->aux + (size_t)r * H;
         const TYPE *cp = a->c_prev + (size_t)r * H;
         const TYPE *dh = a->dh + (size_t)r * a->ld_dh;
         TYPE *dc = a->dc + (size_t)r * H;
 #pragma GCC ivdep
         for (int j = a->u0; j < a->u1; j++) {
-            TYPE i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];
+            TYPE i = gi[j], f = gf[j], g = gg[j], o = go[j];
             TYPE tc = FN(lf_tanh)(c[j]);
             TYPE dct = dc[j] + dh[j] * o * (1 - tc * tc);
-            g[j] = dct * gg * i * (1 - i);
-            g[H + j] = dct * cp[j] * f * (1 - f);
-            g[2 * H + j] = dct * i * (1 - gg * gg);
-            g[3 * H + j] = dh[j] * tc * o * (1 - o);
+            gi[j] = dct * g * i * (1 - i);
+            gf[j] = dct * cp[j] * f * (1 - f);
+            gg[j] = dct * i * (1 - g * g);
+            go[j] = dh[j] * tc * o * (1 - o);
             dc[j] = dct * f;
         }
     }
@@ -85,21 +87,21 @@ LF_CLONES static void FN(lstm_bwd)(const FN(bwd_step) *a)
 LF_CLONES static void FN(gru_fwd)(const FN(fwd_step) *a)
 {
     const int H = a->H;
-    const TYPE *bx = a->bx, *bh = a->bh;
+    const TYPE *br = a->bx, *bz = br + H, *bn = bz + H, *bhn = a->bh + 2 * H;
     for (int r = 0; r < a->rows; r++) {
-        TYPE *g = a->g + (size_t)r * 3 * H;
-        const TYPE *gh = a->gh + (size_t)r * 3 * H;
+        TYPE *gr = a->g + (size_t)r * 3 * H, *gz = gr + H, *gn = gz + H;
+        const TYPE *hr = a->gh + (size_t)r * 3 * H, *hz = hr + H, *hn = hz + H;
         const TYPE *hp = a->h_prev + (size_t)r * a->ld_hp;
         TYPE *h = a->h + (size_t)r * a->ld_h;
         TYPE *ghn_out = a->aux + (size_t)r * H;
 #pragma GCC ivdep
         for (int j = a->u0; j < a->u1; j++) {
-            TYPE rr = FN(lf_sigmoid)(g[j] + bx[j] + gh[j]);
-            TYPE z = FN(lf_sigmoid)(g[H + j] + bx[H + j] + gh[H + j]);
-            TYPE ghn = gh[2 * H + j] + bh[2 * H + j];
-            TYPE n = FN(lf_tanh)(g[2 * H + j] + bx[2 * H + j] + rr * ghn);
+            TYPE rr = FN(lf_sigmoid)(gr[j] + br[j] + hr[j]);
+            TYPE z = FN(lf_sigmoid)(gz[j] + bz[j] + hz[j]);
+            TYPE ghn = hn[j] + bhn[j];
+            TYPE n = FN(lf_tanh)(gn[j] + bn[j] + rr * ghn);
             h[j] = (1 - z) * n + z * hp[j];
-            g[j] = rr; g[H + j] = z; g[2 * H + j] = n;
+            gr[j] = rr; gz[j] = z; gn[j] = n;
             ghn_out[j] = ghn;
         }
     }
@@ -109,18 +111,18 @@ LF_CLONES static void FN(gru_bwd)(const FN(bwd_step) *a)
 {
     const int H = a->H;
     for (int r = 0; r < a->rows; r++) {
-        TYPE *g = a->g + (size_t)r * 3 * H;
+        TYPE *gr = a->g + (size_t)r * 3 * H, *gz = gr + H, *gn = gz + H;
         TYPE *ghn = a->aux + (size_t)r * H;
         const TYPE *hp = a->h_prev + (size_t)r * a->ld_hp;
         TYPE *dh = a->dh + (size_t)r * a->ld_dh;
 #pragma GCC ivdep
         for (int j = a->u0; j < a->u1; j++) {
-            TYPE rr = g[j], z = g[H + j], n = g[2 * H + j];
+            TYPE rr = gr[j], z = gz[j], n = gn[j];
             TYPE dht = dh[j];
             TYPE dn = dht * (1 - z) * (1 - n * n);
-            TYPE dr = dn * ghn[j] * rr * (1 - rr);
-            TYPE dz = dht * (hp[j] - n) * z * (1 - z);
-            g[j] = dr; g[H + j] = dz; g[2 * H + j] = dn;
+            gr[j] = dn * ghn[j] * rr * (1 - rr);
+            gz[j] = dht * (hp[j] - n) * z * (1 - z);
+            gn[j] = dn;
             ghn[j] = dn * rr;
             dh[j] = dht * z;
         }
