@@ -1,0 +1,53 @@
+"""Thread-count control: results agree across thread counts and are deterministic."""
+import numpy as np
+import pytest
+
+import lstmfast
+
+
+@pytest.fixture
+def restore_threads():
+    yield
+    lstmfast.set_num_threads(None)
+
+
+def _run(kind, threads, dtype, **kw):
+    lstmfast.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    # large enough per step (B*H*4H) for the kernels to use a team of threads
+    layer = getattr(lstmfast, kind)(24, 72, 2, bidirectional=True, dtype=dtype, seed=1, **kw)
+    x = rng.standard_normal((9, 6, 24))
+    y, _ = layer(x, lengths=[9, 3, 7, 9, 1, 5])
+    dx, _ = layer.backward(rng.standard_normal(y.shape))
+    return [y, dx] + [layer.grads[k] for k in sorted(layer.grads)]
+
+
+@pytest.mark.parametrize("kind,kw", [("LSTM", {}), ("LSTM", {"proj_size": 40}), ("GRU", {}),
+                                     ("RNN", {})], ids=["lstm", "lstm_proj", "gru", "rnn"])
+def test_thread_counts_agree(restore_threads, kind, kw):
+    one = _run(kind, 1, np.float64, **kw)
+    for threads in (2, 3):
+        many = _run(kind, threads, np.float64, **kw)
+        for a, b in zip(one, many):
+            # float64; only the BLAS row split differs between thread counts
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+        again = _run(kind, threads, np.float64, **kw)
+        for a, b in zip(many, again):
+            np.testing.assert_array_equal(a, b)   # deterministic for a fixed count
+
+
+def test_float32_thread_counts_agree(restore_threads):
+    one = _run("LSTM", 1, np.float32)
+    two = _run("LSTM", 2, np.float32)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_set_num_threads_validates(restore_threads):
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive int"):
+            lstmfast.set_num_threads(bad)
+    lstmfast.set_num_threads(3)
+    assert lstmfast.get_num_threads() == 3
+    lstmfast.set_num_threads(None)
+    assert lstmfast.get_num_threads() >= 1
