@@ -21,10 +21,12 @@
 typedef TYPE FN(vec) __attribute__((vector_size(32)));
 
 typedef struct {
-    TYPE *data;        /* npanels * K * NV * VL */
+    TYPE *data;        /* npanels * K * NV * VL, or NULL: W is used unpacked, through BLAS */
     int K, NV, G, H;   /* G > 0: gate-interleaved over G*H output columns; G = 0: plain */
-    int ncols;         /* output columns (plain) */
+    int ncols;         /* output columns */
     int npanels;
+    const TYPE *w;     /* the source: [ncols, K] (trans_w) or [K, ncols], row stride ldw */
+    int ldw, trans_w;
 } FN(panels);
 
 /* Output columns [col, col+n) of vector v of panel p (n < VL only at the edge). */
@@ -37,7 +39,7 @@ static inline int FN(colmap)(const FN(panels) *pk, int p, int v, int *n)
         col = (v % pk->G) * pk->H + u0;
     } else {
         col = (p * pk->NV + v) * VL;
-        units = pk->ncols - col;
+        units = pk->ncols - col;  /* plain: ncols are the units */
     }
     *n = units < 0 ? 0 : units > VL ? VL : units;
     return col;
@@ -52,10 +54,14 @@ static inline void FN(panel_units)(const FN(panels) *pk, int p0, int p1, int *u0
     *u1 = p1 * per < total ? p1 * per : total;
 }
 
-/* Panels of NV vectors over K for G gates of H units (G > 0) or ncols plain columns. */
-static void FN(panels_init)(FN(panels) *pk, int K, int NV, int G, int H, int ncols)
+/* Panels of NV vectors over K for G gates of H units (G > 0) or ncols plain columns,
+ * to be packed from w (see FN(panels)). */
+static void FN(panels_init)(FN(panels) *pk, int K, int NV, int G, int H, int ncols,
+                            const TYPE *w, int ldw, int trans_w)
 {
-    pk->data = NULL; pk->K = K; pk->NV = NV; pk->G = G; pk->H = H; pk->ncols = ncols;
+    pk->data = NULL; pk->K = K; pk->NV = NV; pk->G = G; pk->H = H;
+    pk->ncols = G ? G * H : ncols;
+    pk->w = w; pk->ldw = ldw; pk->trans_w = trans_w;
     const int per = G ? (NV / G) * VL : NV * VL, total = G ? H : ncols;
     pk->npanels = (total + per - 1) / per;
 }
@@ -65,11 +71,11 @@ static size_t FN(panels_size)(const FN(panels) *pk)
     return (size_t)pk->npanels * pk->K * pk->NV * VL;
 }
 
-/* Pack panels [p0, p1) from W. W is row-major; trans_w: W is [cols, K] (use W^T, as
- * for W_hh in the forward), else W is [K, cols]. ldw: W's row stride. */
-static void FN(pack)(FN(panels) *pk, const TYPE *w, int ldw, int trans_w, int p0, int p1)
+/* Pack panels [p0, p1) from pk->w. */
+static void FN(pack)(FN(panels) *pk, int p0, int p1)
 {
-    const int K = pk->K, NV = pk->NV;
+    const int K = pk->K, NV = pk->NV, ldw = pk->ldw, trans_w = pk->trans_w;
+    const TYPE *w = pk->w;
     for (int p = p0; p < p1; p++) {
         TYPE *dst = pk->data + (size_t)p * K * NV * VL;
         for (int v = 0; v < NV; v++) {

@@ -146,14 +146,15 @@ static void lf_team_run(lf_team *tm, int want, void (*fn)(void *, int), void *ct
 }
 
 /* Threads worth using: no more than requested or than there are panels to share, and
- * one when a step is too small to pay for a barrier. */
+ * one when a step is too small to pay for a barrier or the call too small to pay for
+ * starting a thread (tens of microseconds). */
 static int lf_team_size(const lf_dims *d, int npanels)
 {
     int n = d->threads < 1 ? 1 : d->threads;
     if (n > npanels) n = npanels;
     if (n > LF_MAX_THREADS) n = LF_MAX_THREADS;
     double per_step = (double)d->batch * d->out_size * lf_num_gates(d->cell) * d->hidden_size;
-    return per_step < 32768 ? 1 : n;
+    return per_step < 32768 || per_step * d->seq_len < 4e6 ? 1 : n;
 }
 
 /* [lo, hi): part i of n items split into parts */
@@ -164,10 +165,13 @@ static void lf_split(int n, int parts, int i, int *lo, int *hi)
 }
 
 /* With several threads of ours each BLAS call stays on its own thread, and so it does
- * when the caller asked for one thread; otherwise BLAS threads as it is set to. */
+ * when the caller asked for one thread, or when a single step is too small to wake
+ * BLAS threads for; otherwise BLAS threads as it is set to. */
 static int lf_blas_one_thread(const lf_blas *bl, const lf_dims *d, int nthreads)
 {
-    return bl->set_threads_local && (nthreads > 1 || d->threads == 1);
+    const double work = (double)d->batch * d->out_size * lf_num_gates(d->cell) *
+                        d->hidden_size * d->seq_len;
+    return bl->set_threads_local && (nthreads > 1 || d->threads == 1 || work < 4e6);
 }
 
 static int lf_blas_threads_enter(const lf_blas *bl, const lf_dims *d, int nthreads)

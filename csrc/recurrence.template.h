@@ -21,6 +21,41 @@
  * the thread count only through the BLAS row split.
  */
 
+/* C[M, N] = A op(B) + beta C for a few rows of A (M <= 4), as dot products (B^T) or
+ * row updates (B): BLAS packs all of B on every call, which costs more than the product
+ * itself when A has a row or two (a single step, a batch of one). */
+LF_CLONES static void FN(small_gemm)(int tb, int M, int N, int K, const TYPE *A, int lda,
+                                     const TYPE *B, int ldb, TYPE beta, TYPE *C, int ldc)
+{
+    if (tb) {
+        for (int n = 0; n < N; n++) {
+            const TYPE *b = B + (size_t)n * ldb;
+            for (int i = 0; i < M; i++) {
+                const TYPE *a = A + (size_t)i * lda;
+                FN(vec) acc = (FN(vec)){0};
+                int k = 0;
+                for (; k + VL <= K; k += VL) acc += FN(load)(a + k) * FN(load)(b + k);
+                TYPE sum = 0;
+                for (int l = 0; l < VL; l++) sum += acc[l];
+                for (; k < K; k++) sum += a[k] * b[k];
+                TYPE *c = C + (size_t)i * ldc + n;
+                *c = beta == 0 ? sum : beta * *c + sum;
+            }
+        }
+        return;
+    }
+    for (int i = 0; i < M; i++) {
+        TYPE *c = C + (size_t)i * ldc;
+        for (int n = 0; n < N; n++) c[n] = beta == 0 ? 0 : beta * c[n];
+        for (int k = 0; k < K; k++) {
+            const TYPE aik = A[(size_t)i * lda + k];
+            const TYPE *b = B + (size_t)k * ldb;
+#pragma GCC ivdep
+            for (int n = 0; n < N; n++) c[n] += aik * b[n];
+        }
+    }
+}
+
 /* C[M,N] = alpha op(A) op(B) + beta C for row-major operands: column-major BLAS sees
  * every row-major matrix transposed, so it computes C^T = op(B)^T op(A)^T. */
 static void FN(gemm)(const lf_blas *bl, int ta, int tb, int M, int N, int K,
@@ -28,6 +63,10 @@ static void FN(gemm)(const lf_blas *bl, int ta, int tb, int M, int N, int K,
                      TYPE beta, TYPE *C, int ldc)
 {
     if (M <= 0 || N <= 0) return;
+    if (M <= 4 && !ta && alpha == 1) {
+        FN(small_gemm)(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
     char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
     BLAS_GEMM(bl)(&cb, &ca, &N, &M, &K, &alpha, (TYPE *)B, &ldb, (TYPE *)A, &lda,
                   &beta, C, &ldc);
@@ -67,18 +106,49 @@ static void FN(prepare_bias)(const lf_dims *d, const TYPE *b_ih, const TYPE *b_h
 }
 
 /* The packed-weight layouts, shared by the work-size functions and the kernels. */
-static void FN(fwd_panels)(const lf_dims *d, FN(panels) *pw, FN(panels) *pr)
+static void FN(fwd_panels)(const lf_dims *d, FN(panels) *pw, FN(panels) *pr,
+                           const TYPE *w_hh, const TYPE *w_hr)
 {
     const int G = lf_num_gates(d->cell), H = d->hidden_size, P = d->out_size;
-    FN(panels_init)(pw, P, G == 1 ? 2 : G, G, H, 0);        /* W_hh, gate-interleaved */
-    FN(panels_init)(pr, H, 3, 0, 0, P);                     /* W_hr: y = m W_hr^T */
+    FN(panels_init)(pw, P, G == 1 ? 2 : G, G, H, 0, w_hh, P, 1);  /* g += h W_hh^T */
+    FN(panels_init)(pr, H, 3, 0, 0, P, w_hr, H, 1);               /* y = m W_hr^T */
 }
 
-static void FN(bwd_panels)(const lf_dims *d, FN(panels) *pb, FN(panels) *prt)
+static void FN(bwd_panels)(const lf_dims *d, FN(panels) *pb, FN(panels) *prt,
+                           const TYPE *w_hh, const TYPE *w_hr)
 {
-    const int GH = lf_num_gates(d->cell) * d->hidden_size;
-    FN(panels_init)(pb, GH, 3, 0, 0, d->out_size);          /* dh = dG W_hh */
-    FN(panels_init)(prt, d->out_size, 3, 0, 0, d->hidden_size);  /* dm = dh W_hr */
+    const int GH = lf_num_gates(d->cell) * d->hidden_size, H = d->hidden_size;
+    const int P = d->out_size;
+    FN(panels_init)(pb, GH, 3, 0, 0, P, w_hh, P, 0);              /* dh = dG W_hh */
+    FN(panels_init)(prt, P, 3, 0, 0, H, w_hr, H, 0);              /* dm = dh W_hr */
+}
+
+/* A single step does not pay for packing W (it is read once either way): then the
+ * per-step GEMMs go to BLAS, on one thread of ours. */
+static int FN(use_panels)(const lf_dims *d)
+{
+    return d->seq_len > 1;
+}
+
+/* out[rows, panels p0..p1] (+)= [A1 | A2] W: packed panels, or BLAS on W unpacked (then
+ * over all columns: p0 = 0, p1 = npanels). */
+static void FN(step_gemm)(const lf_blas *bl, const FN(panels) *pk, int p0, int p1, int rows,
+                          int K1, const TYPE *A1, int lda1, const TYPE *A2, int lda2,
+                          TYPE *out, int ldo, int accumulate)
+{
+    if (pk->data) {
+        FN(panel_gemm)(pk, p0, p1, rows, K1, A1, lda1, A2, lda2, out, ldo, accumulate);
+        return;
+    }
+    const TYPE beta = accumulate ? 1 : 0;
+    if (pk->trans_w) {
+        FN(gemm)(bl, 0, 1, rows, pk->ncols, K1, 1, A1, lda1, pk->w, pk->ldw, beta, out, ldo);
+        return;
+    }
+    FN(gemm)(bl, 0, 0, rows, pk->ncols, K1, 1, A1, lda1, pk->w, pk->ldw, beta, out, ldo);
+    if (A2 && pk->K > K1)
+        FN(gemm)(bl, 0, 0, rows, pk->ncols, pk->K - K1, 1, A2, lda2,
+                 pk->w + (size_t)K1 * pk->ldw, pk->ldw, 1, out, ldo);
 }
 
 /* Elements of work, with room to align the panels to 32 bytes. */
@@ -87,7 +157,7 @@ size_t FN(lf_forward_work_size)(const lf_dims *d, int training)
     const size_t GH = (size_t)lf_num_gates(d->cell) * d->hidden_size, B = d->batch;
     const size_t H = d->hidden_size;
     FN(panels) pw, pr;
-    FN(fwd_panels)(d, &pw, &pr);
+    FN(fwd_panels)(d, &pw, &pr, NULL, NULL);
     size_t n = LF_WORK_SLACK / sizeof(TYPE) + FN(panels_size)(&pw) + 2 * GH;
     if (d->cell == LF_GRU) n += B * GH + B * H;
     if (lf_has_proj(d)) n += B * H + FN(panels_size)(&pr);
@@ -100,7 +170,7 @@ size_t FN(lf_backward_work_size)(const lf_dims *d)
     const size_t B = d->batch, H = d->hidden_size, P = d->out_size;
     const size_t N = (size_t)lf_total_rows(d);
     FN(panels) pb, prt;
-    FN(bwd_panels)(d, &pb, &prt);
+    FN(bwd_panels)(d, &pb, &prt, NULL, NULL);
     size_t n = LF_WORK_SLACK / sizeof(TYPE) + FN(panels_size)(&pb) + B * P + N * P;
     n += (LF_MAX_THREADS * (size_t)d->seq_len * sizeof(double) + sizeof(TYPE) - 1) / sizeof(TYPE);
     if (d->cell == LF_LSTM) n += B * H;
@@ -139,12 +209,12 @@ static void FN(fwd_worker)(void *arg, int tid)
 
     int p0, p1, q0 = 0, q1 = 0, u0, u1, v0, v1;
     lf_split(c->pw.npanels, nt, tid, &p0, &p1);
-    FN(pack)(&c->pw, c->w_hh, P, 1, p0, p1);
+    if (c->pw.data) FN(pack)(&c->pw, p0, p1);
     FN(panel_units)(&c->pw, p0, p1, &u0, &u1);       /* this thread's hidden units */
     v0 = u0; v1 = u1;                                /* and its units of h */
     if (proj) {
         lf_split(c->pr.npanels, nt, tid, &q0, &q1);
-        FN(pack)(&c->pr, c->w_hr, H, 1, q0, q1);
+        if (c->pr.data) FN(pack)(&c->pr, q0, q1);
         FN(panel_units)(&c->pr, q0, q1, &v0, &v1);
     }
     lf_barrier_wait(&c->team);
@@ -185,13 +255,14 @@ static void FN(fwd_worker)(void *arg, int tid)
 
         /* panels a few at a time: the gates just computed are still in cache for the
          * pointwise step */
-        for (int pc = p0; pc < p1; pc += 4) {
-            const int pe = pc + 4 < p1 ? pc + 4 : p1;
+        const int chunk = c->pw.data ? 4 : p1 - p0;
+        for (int pc = p0; pc < p1; pc += chunk) {
+            const int pe = pc + chunk < p1 ? pc + chunk : p1;
             int a0, a1;
             FN(panel_units)(&c->pw, pc, pe, &a0, &a1);
-            FN(panel_gemm)(&c->pw, pc, pe, carried, P, hp, ldy, NULL, 0, rec, GH, !gru);
-            FN(panel_gemm)(&c->pw, pc, pe, nb - carried, P, c->h0 + (size_t)carried * P, P,
-                           NULL, 0, rec + (size_t)carried * GH, GH, !gru);
+            FN(step_gemm)(c->bl, &c->pw, pc, pe, carried, P, hp, ldy, NULL, 0, rec, GH, !gru);
+            FN(step_gemm)(c->bl, &c->pw, pc, pe, nb - carried, P, c->h0 + (size_t)carried * P,
+                          P, NULL, 0, rec + (size_t)carried * GH, GH, !gru);
             for (int part = 0; part < 2; part++) {
                 const int r0 = part ? carried : 0, r1 = part ? nb : carried;
                 if (r1 <= r0) continue;
@@ -210,7 +281,7 @@ static void FN(fwd_worker)(void *arg, int tid)
         }
         if (proj) {
             lf_barrier_wait(&c->team);
-            FN(panel_gemm)(&c->pr, q0, q1, nb, H, c->m, H, NULL, 0, yt, ldy, 0);
+            FN(step_gemm)(c->bl, &c->pr, q0, q1, nb, H, c->m, H, NULL, 0, yt, ldy, 0);
         }
 
         /* rows whose sequence ends here: forward direction, length t+1; reverse, all at t=0 */
@@ -250,10 +321,11 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     c.h0 = h0; c.c0 = c0; c.y = y; c.h_n = h_n; c.c_n = c_n; c.gates = gates; c.aux = aux;
     c.ldx = ldx; c.ldy = ldy; c.training = training;
     c.Tc = training ? d->seq_len : lf_chunk_steps(d);
-    FN(fwd_panels)(d, &c.pw, &c.pr);
+    FN(fwd_panels)(d, &c.pw, &c.pr, w_hh, w_hr);
     TYPE *w = (TYPE *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-    c.pw.data = FN(take)(&w, FN(panels_size)(&c.pw));
-    c.pr.data = w_hr ? FN(take)(&w, FN(panels_size)(&c.pr)) : NULL;
+    const int packed = FN(use_panels)(d);
+    c.pw.data = packed ? FN(take)(&w, FN(panels_size)(&c.pw)) : NULL;
+    c.pr.data = packed && w_hr ? FN(take)(&w, FN(panels_size)(&c.pr)) : NULL;
     c.bx = FN(take)(&w, GH);
     c.bh = FN(take)(&w, GH);
     c.gh = gru ? FN(take)(&w, (size_t)B * GH) : NULL;
@@ -262,7 +334,7 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     c.gbuf = training ? gates : FN(take)(&w, (size_t)c.Tc * B * GH);
     FN(prepare_bias)(d, b_ih, b_hh, c.bx, c.bh);
     if (lstm && !training) memcpy(c_n, c0, (size_t)B * H * sizeof(TYPE));
-    lf_team_run(&c.team, lf_team_size(d, c.pw.npanels), FN(fwd_worker), &c);
+    lf_team_run(&c.team, packed ? lf_team_size(d, c.pw.npanels) : 1, FN(fwd_worker), &c);
     return LF_OK;
 }
 
@@ -292,12 +364,12 @@ static void FN(bwd_worker)(void *arg, int tid)
 
     int p0, p1, q0 = 0, q1 = 0, u0, u1, v0, v1;
     lf_split(c->pb.npanels, nt, tid, &p0, &p1);
-    FN(pack)(&c->pb, c->w_hh, P, 0, p0, p1);
+    if (c->pb.data) FN(pack)(&c->pb, p0, p1);
     FN(panel_units)(&c->pb, p0, p1, &v0, &v1);       /* this thread's units of h */
     u0 = v0; u1 = v1;                                /* and its hidden units */
     if (proj) {
         lf_split(c->prt.npanels, nt, tid, &q0, &q1);
-        FN(pack)(&c->prt, c->w_hr, H, 0, q0, q1);
+        if (c->prt.data) FN(pack)(&c->prt, q0, q1);
         FN(panel_units)(&c->prt, q0, q1, &u0, &u1);
     }
 
@@ -353,7 +425,7 @@ static void FN(bwd_worker)(void *arg, int tid)
                     c->m_all[(off + r) * H + j] = g[(size_t)r * GH + 3 * H + j] *
                                                   FN(lf_tanh)(auxt[(size_t)r * H + j]);
             lf_barrier_wait(&c->team);
-            FN(panel_gemm)(&c->prt, q0, q1, nb, P, dh, P, NULL, 0, c->dm, H, 0);
+            FN(step_gemm)(c->bl, &c->prt, q0, q1, nb, P, dh, P, NULL, 0, c->dm, H, 0);
             dhin = c->dm; lddh = H;
         }
         for (int part = 0; part < 2; part++) {
@@ -372,8 +444,8 @@ static void FN(bwd_worker)(void *arg, int tid)
         }
         lf_barrier_wait(&c->team);
         /* dh_{t-1} = dG_hh W_hh (+ the GRU's direct path z * dh_t, left in dh) */
-        FN(panel_gemm)(&c->pb, p0, p1, nb, split, g, GH, split < GH ? auxt : NULL, H, dh, P,
-                       gru);
+        FN(step_gemm)(c->bl, &c->pb, p0, p1, nb, split, g, GH, split < GH ? auxt : NULL, H,
+                      dh, P, gru);
         if (s > 0) off = d->reverse ? off + nb : off - lf_active(d, tp);
     }
     lf_barrier_wait(&c->team);
@@ -445,9 +517,10 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
     c.dh0 = dh0; c.dc0 = dc0; c.dw_ih = dw_ih; c.dw_hh = dw_hh; c.db_ih = db_ih;
     c.db_hh = db_hh; c.dw_hr = dw_hr; c.dh_norms = dh_norms;
     c.ldx = ldx; c.ldy = ldy; c.lddy = lddy; c.lddx = lddx; c.accumulate_dx = accumulate_dx;
-    FN(bwd_panels)(d, &c.pb, &c.prt);
+    FN(bwd_panels)(d, &c.pb, &c.prt, w_hh, w_hr);
     TYPE *w = (TYPE *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-    c.pb.data = FN(take)(&w, FN(panels_size)(&c.pb));
+    const int packed = FN(use_panels)(d);
+    c.pb.data = packed ? FN(take)(&w, FN(panels_size)(&c.pb)) : NULL;
     c.norms_part = (double *)FN(take)(
         &w, (LF_MAX_THREADS * (size_t)d->seq_len * sizeof(double) + sizeof(TYPE) - 1) /
                 sizeof(TYPE));
@@ -455,13 +528,13 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
     c.dc = lstm ? FN(take)(&w, (size_t)B * H) : NULL;
     c.hprev = FN(take)(&w, N * P);
     if (w_hr) {
-        c.prt.data = FN(take)(&w, FN(panels_size)(&c.prt));
+        c.prt.data = packed ? FN(take)(&w, FN(panels_size)(&c.prt)) : NULL;
         c.dm = FN(take)(&w, (size_t)B * H);
         c.m_all = FN(take)(&w, N * H);
         c.dh_all = FN(take)(&w, N * P);
     }
     memcpy(c.dh, dh_n, (size_t)B * P * sizeof(TYPE));
     if (lstm) memcpy(c.dc, dc_n, (size_t)B * H * sizeof(TYPE));
-    lf_team_run(&c.team, lf_team_size(d, c.pb.npanels), FN(bwd_worker), &c);
+    lf_team_run(&c.team, packed ? lf_team_size(d, c.pb.npanels) : 1, FN(bwd_worker), &c);
     return LF_OK;
 }
