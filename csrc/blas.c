@@ -1,27 +1,66 @@
-/* Finding the thread control of the BLAS that scipy.linalg.cython_blas uses.
+/* The BLAS thread pool, held at one thread while lstmfast's kernels run.
+ *
+ * Our kernels split their BLAS GEMMs between their own threads, so BLAS must not start
+ * threads of its own: OpenBLAS workers that keep spinning after a call steal the cores
+ * from the recurrence, and a GEMM that runs on a varying number of threads would make
+ * results depend on what else the process is doing. OpenBLAS only has a process-wide
+ * setting (its openblas_set_num_threads_local is global too), so this file holds the one
+ * piece of process-wide state in lstmfast: a count of the kernel calls under way, under
+ * a lock. The first call to enter sets the pool to one thread, the last to leave puts
+ * back what it found. Meanwhile other BLAS users in the process run single-threaded.
  *
  * scipy's extension modules load their OpenBLAS privately (RTLD_LOCAL), so its symbols
- * are not global: look them up through the module that holds the gemm we were handed,
- * whose dependencies include that OpenBLAS. Returns NULL when this is another BLAS. */
+ * are found through the module that holds the gemm we were handed. Another BLAS, or an
+ * OpenBLAS without these functions, is simply left alone. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stddef.h>
 #include "lstmfast.h"
 
-typedef int (*lf_threads_fn)(int);
-
-lf_threads_fn lf_find_set_threads_local(const void *gemm)
+static void *lf_blas_symbol(const void *gemm, const char *const *names, size_t n)
 {
-    static const char *names[] = {"openblas_set_num_threads_local",
-                                  "scipy_openblas_set_num_threads_local",
-                                  "scipy_openblas_set_num_threads_local64_"};
     Dl_info info;
     if (!gemm || !dladdr(gemm, &info) || !info.dli_fname) return NULL;
     void *lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
     if (!lib) return NULL;
-    lf_threads_fn fn = NULL;
-    for (size_t i = 0; i < sizeof names / sizeof names[0] && !fn; i++)
-        fn = (lf_threads_fn)dlsym(lib, names[i]);
-    dlclose(lib);  /* only drops the reference dlopen took: the module stays loaded */
+    void *fn = NULL;
+    for (size_t i = 0; i < n && !fn; i++) fn = dlsym(lib, names[i]);
+    dlclose(lib);  /* drops only the reference dlopen took: the module stays loaded */
     return fn;
+}
+
+void lf_find_blas_threads(lf_blas *bl, const void *gemm)
+{
+    static const char *const set[] = {"scipy_openblas_set_num_threads",
+                                      "scipy_openblas_set_num_threads64_",
+                                      "openblas_set_num_threads"};
+    static const char *const get[] = {"scipy_openblas_get_num_threads",
+                                      "scipy_openblas_get_num_threads64_",
+                                      "openblas_get_num_threads"};
+    bl->set_threads = (void (*)(int))lf_blas_symbol(gemm, set, 3);
+    bl->get_threads = (int (*)(void))lf_blas_symbol(gemm, get, 3);
+    if (!bl->set_threads || !bl->get_threads) bl->set_threads = NULL, bl->get_threads = NULL;
+}
+
+static pthread_mutex_t lf_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static int lf_pool_users = 0, lf_pool_saved = 1;
+
+void lf_blas_single_enter(const lf_blas *bl)
+{
+    if (!bl->set_threads) return;
+    pthread_mutex_lock(&lf_pool_lock);
+    if (lf_pool_users++ == 0) {
+        lf_pool_saved = bl->get_threads();
+        if (lf_pool_saved != 1) bl->set_threads(1);
+    }
+    pthread_mutex_unlock(&lf_pool_lock);
+}
+
+void lf_blas_single_leave(const lf_blas *bl)
+{
+    if (!bl->set_threads) return;
+    pthread_mutex_lock(&lf_pool_lock);
+    if (--lf_pool_users == 0 && lf_pool_saved != 1) bl->set_threads(lf_pool_saved);
+    pthread_mutex_unlock(&lf_pool_lock);
 }

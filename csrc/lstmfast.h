@@ -24,18 +24,21 @@ typedef void (*lf_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                             double *alpha, double *a, int *lda, double *b, int *ldb,
                             double *beta, double *c, int *ldc);
 
-/* set_threads_local: OpenBLAS' openblas_set_num_threads_local (returns the previous
- * value), or NULL. With it, each of our threads runs its share of a GEMM on one BLAS
- * thread; without it, a call runs on one thread of ours and BLAS threads as it likes. */
+/* set_threads / get_threads: the BLAS pool's process-wide thread count (OpenBLAS), or
+ * NULL for a BLAS we cannot steer; filled by lf_find_blas_threads. */
 typedef struct {
     lf_sgemm_fn sgemm;
     lf_dgemm_fn dgemm;
-    int (*set_threads_local)(int);
+    void (*set_threads)(int);
+    int (*get_threads)(void);
 } lf_blas;
 
-/* The BLAS' own per-thread thread-count setter, found from one of its gemm symbols
- * (blas.c), or NULL. */
-int (*lf_find_set_threads_local(const void *gemm))(int);
+/* Fill bl->set_threads / get_threads from the library that holds `gemm` (blas.c). */
+void lf_find_blas_threads(lf_blas *bl, const void *gemm);
+
+/* Hold the BLAS pool at one thread while any kernel call is under way (blas.c). */
+void lf_blas_single_enter(const lf_blas *bl);
+void lf_blas_single_leave(const lf_blas *bl);
 
 enum lf_cell { LF_LSTM = 0, LF_GRU = 1, LF_RNN_TANH = 2, LF_RNN_RELU = 3 };
 

@@ -164,27 +164,6 @@ static void lf_split(int n, int parts, int i, int *lo, int *hi)
     *hi = (int)((long long)n * (i + 1) / parts);
 }
 
-/* With several threads of ours each BLAS call stays on its own thread, and so it does
- * when the caller asked for one thread, or when a single step is too small to wake
- * BLAS threads for; otherwise BLAS threads as it is set to. */
-static int lf_blas_one_thread(const lf_blas *bl, const lf_dims *d, int nthreads)
-{
-    const double work = (double)d->batch * d->out_size * lf_num_gates(d->cell) *
-                        d->hidden_size * d->seq_len;
-    return bl->set_threads_local && (nthreads > 1 || d->threads == 1 || work < 4e6);
-}
-
-static int lf_blas_threads_enter(const lf_blas *bl, const lf_dims *d, int nthreads)
-{
-    return lf_blas_one_thread(bl, d, nthreads) ? bl->set_threads_local(1) : 0;
-}
-
-static void lf_blas_threads_leave(const lf_blas *bl, const lf_dims *d, int nthreads,
-                                  int previous)
-{
-    if (lf_blas_one_thread(bl, d, nthreads)) bl->set_threads_local(previous);
-}
-
 #define TYPE float
 #define FN(name) name##_f32
 #define BLAS_GEMM(bl) ((bl)->sgemm)

@@ -16,9 +16,9 @@
  *
  * Threads: the work of a step is split by hidden units (whole panels), one spin barrier
  * per step (two with a projection); the BLAS GEMMs are split by rows, each thread
- * calling a single-threaded BLAS, so no BLAS worker competes with ours for the cores.
- * Every output element is computed by one thread in a fixed order: results depend on
- * the thread count only through the BLAS row split.
+ * calling BLAS held at one thread (blas.c), so no BLAS worker competes with ours for the
+ * cores. Every output element is computed by one thread in a fixed order: results
+ * depend on the thread count only through the BLAS row split.
  */
 
 /* C[M, N] = A op(B) + beta C for a few rows of A (M <= 4), as dot products (B^T) or
@@ -205,7 +205,6 @@ static void FN(fwd_worker)(void *arg, int tid)
     const int P = d->out_size, GH = lf_num_gates(cell) * H, nt = c->team.n;
     const int lstm = cell == LF_LSTM, gru = cell == LF_GRU, proj = c->w_hr != NULL;
     const int ldx = c->ldx, ldy = c->ldy, Tc = c->Tc;
-    const int blas_prev = lf_blas_threads_enter(c->bl, d, nt);
 
     int p0, p1, q0 = 0, q1 = 0, u0, u1, v0, v1;
     lf_split(c->pw.npanels, nt, tid, &p0, &p1);
@@ -296,7 +295,6 @@ static void FN(fwd_worker)(void *arg, int tid)
         tprev = t;
         off = d->reverse ? off - nb_next : off + nb;
     }
-    lf_blas_threads_leave(c->bl, d, nt, blas_prev);
 }
 
 int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
@@ -334,7 +332,9 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     c.gbuf = training ? gates : FN(take)(&w, (size_t)c.Tc * B * GH);
     FN(prepare_bias)(d, b_ih, b_hh, c.bx, c.bh);
     if (lstm && !training) memcpy(c_n, c0, (size_t)B * H * sizeof(TYPE));
+    lf_blas_single_enter(bl);
     lf_team_run(&c.team, packed ? lf_team_size(d, c.pw.npanels) : 1, FN(fwd_worker), &c);
+    lf_blas_single_leave(bl);
     return LF_OK;
 }
 
@@ -358,7 +358,6 @@ static void FN(bwd_worker)(void *arg, int tid)
     const int P = d->out_size, GH = lf_num_gates(cell) * H, nt = c->team.n;
     const int lstm = cell == LF_LSTM, gru = cell == LF_GRU, proj = c->w_hr != NULL;
     const int split = lf_hh_split(cell, H), ldy = c->ldy, lddy = c->lddy;
-    const int blas_prev = lf_blas_threads_enter(c->bl, d, nt);
     const ptrdiff_t N = lf_total_rows(d);
     TYPE *dh = c->dh, *dc = c->dc, *hprev = c->hprev;
 
@@ -489,7 +488,6 @@ static void FN(bwd_worker)(void *arg, int tid)
     lf_split(n, nt, tid, &r0, &r1);
     FN(gemm)(c->bl, 0, 0, r1 - r0, I, GH, 1, gates + (size_t)r0 * GH, GH, c->w_ih, I,
              c->accumulate_dx ? 1 : 0, c->dx + (size_t)r0 * c->lddx, c->lddx);
-    lf_blas_threads_leave(c->bl, d, nt, blas_prev);
 }
 
 int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
@@ -535,6 +533,8 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
     }
     memcpy(c.dh, dh_n, (size_t)B * P * sizeof(TYPE));
     if (lstm) memcpy(c.dc, dc_n, (size_t)B * H * sizeof(TYPE));
+    lf_blas_single_enter(bl);
     lf_team_run(&c.team, packed ? lf_team_size(d, c.pb.npanels) : 1, FN(bwd_worker), &c);
+    lf_blas_single_leave(bl);
     return LF_OK;
 }

@@ -16,18 +16,16 @@ cdef extern from "lstmfast.h" nogil:
                                  int *, float *, int *, float *, float *, int *) noexcept nogil
     ctypedef void (*lf_dgemm_fn)(char *, char *, int *, int *, int *, double *, double *,
                                  int *, double *, int *, double *, double *, int *) noexcept nogil
-    ctypedef int (*lf_threads_fn)(int) noexcept nogil
     ctypedef struct lf_blas:
         lf_sgemm_fn sgemm
         lf_dgemm_fn dgemm
-        lf_threads_fn set_threads_local
     ctypedef struct lf_dims:
         int cell, seq_len, batch, input_size, hidden_size, out_size, reverse, threads
         const int *lengths
     int LF_OK
     int lf_num_gates(int cell) noexcept
     int lf_aux_size(int cell, int H) noexcept
-    lf_threads_fn lf_find_set_threads_local(const void *gemm) noexcept
+    void lf_find_blas_threads(lf_blas *bl, const void *gemm) noexcept
     size_t lf_forward_work_size_f32(const lf_dims *d, int training) noexcept
     size_t lf_forward_work_size_f64(const lf_dims *d, int training) noexcept
     size_t lf_backward_work_size_f32(const lf_dims *d) noexcept
@@ -57,8 +55,7 @@ cdef extern from "lstmfast.h" nogil:
 cdef lf_blas _blas
 _blas.sgemm = <lf_sgemm_fn>sgemm
 _blas.dgemm = <lf_dgemm_fn>dgemm
-_blas.set_threads_local = lf_find_set_threads_local(<const void *>sgemm)
-BLAS_THREAD_CONTROL = _blas.set_threads_local != NULL
+lf_find_blas_threads(&_blas, <const void *>sgemm)
 
 CELLS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 cdef long long INT_MAX = 2147483647
