@@ -9,8 +9,9 @@ _requested = None  # None: every core this process may run on
 def set_num_threads(n):
     """Let each kernel call use at most n threads; n=None restores the default (all cores).
 
-    Like ``torch.set_num_threads``, this is a process-wide setting. With n=1 the BLAS
-    calls inside lstmfast's kernels run on the calling thread as well.
+    Like ``torch.set_num_threads``, this is a process-wide setting. The BLAS calls
+    inside lstmfast's kernels always run on these threads: while a kernel runs, scipy's
+    OpenBLAS pool is held at one thread (and restored afterwards).
     """
     global _requested
     if n is not None:
