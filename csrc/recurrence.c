@@ -154,7 +154,7 @@ static int lf_team_size(const lf_dims *d, int npanels)
     if (n > npanels) n = npanels;
     if (n > LF_MAX_THREADS) n = LF_MAX_THREADS;
     double per_step = (double)d->batch * d->out_size * lf_num_gates(d->cell) * d->hidden_size;
-    return per_step < 32768 || per_step * d->seq_len < 4e6 ? 1 : n;
+    return per_step < 131072 || per_step * d->seq_len < 4e6 ? 1 : n;
 }
 
 /* [lo, hi): part i of n items split into parts */

@@ -14,10 +14,11 @@ def restore_threads():
 def _run(kind, threads, dtype, **kw):
     lstmfast.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    # large enough per step (B*H*4H) for the kernels to use a team of threads
-    layer = getattr(lstmfast, kind)(24, 72, 2, bidirectional=True, dtype=dtype, seed=1, **kw)
-    x = rng.standard_normal((9, 6, 24))
-    y, _ = layer(x, lengths=[9, 3, 7, 9, 1, 5])
+    # large enough (B*H_out*G*H per step, times T) for the kernels to use a team of
+    # threads (lf_team_size in csrc/recurrence.c)
+    layer = getattr(lstmfast, kind)(24, 80, 2, bidirectional=True, dtype=dtype, seed=1, **kw)
+    x = rng.standard_normal((30, 12, 24))
+    y, _ = layer(x, lengths=[30, 3, 17, 30, 1, 25, 30, 29, 8, 30, 12, 30])
     dx, _ = layer.backward(rng.standard_normal(y.shape))
     return [y, dx] + [layer.grads[k] for k in sorted(layer.grads)]
 
