@@ -20,7 +20,6 @@ Peers that are not installed are reported by `available()`, never replaced by a 
 """
 import importlib
 import os
-import time
 
 import numpy as np
 
@@ -367,6 +366,10 @@ class Torch(Peer):
         self.dy = torch.from_numpy(problem.dy)
         if mode == "train":
             self.x = self.x.clone().requires_grad_(True)   # lstmfast computes dx too
+            # Gradient buffers exist before the first step, as lstmfast's do (both
+            # accumulate into them), so a step's time and memory exclude creating them.
+            for t in [self.x, *self.m.parameters()]:
+                t.grad = torch.zeros_like(t)
 
     def infer(self):
         with self.torch.inference_mode():
@@ -378,8 +381,8 @@ class Torch(Peer):
         y.backward(self.dy)
 
     def gradients(self):
-        self.m.zero_grad(set_to_none=True)
-        self.x.grad = None
+        self.m.zero_grad()
+        self.x.grad.zero_()
         y = self.m(self.x)[0]
         y.backward(self.dy)
         g = {k[:-3]: p.grad.numpy().copy() for k, p in self.m.named_parameters()}
@@ -498,16 +501,3 @@ def verify(peer, problem, mode):
         worst = max(worst, err)
     return worst
 
-
-def time_call(fn, min_time=0.0):
-    """Seconds per call of fn, calling it n times so the sample lasts >= min_time."""
-    t0 = time.perf_counter()
-    fn()
-    t = time.perf_counter() - t0
-    if t >= min_time:
-        return t, 1
-    n = int(np.ceil(min_time / max(t, 1e-7)))
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n, n
