@@ -21,25 +21,39 @@
  * depend on the thread count only through the BLAS row split.
  */
 
-/* C[M, N] = A op(B) + beta C for a few rows of A (M <= 4), as dot products (B^T) or
- * row updates (B): BLAS packs all of B on every call, which costs more than the product
- * itself when A has a row or two (a single step, a batch of one). */
+/* C[M, N] = A op(B) + beta C for a few rows of A, as dot products (B^T, M <= 16, four
+ * rows sharing each load of B) or row updates (B, M <= 4): BLAS packs all of B on every
+ * call, which costs more than the product itself when A has a handful of rows (a single
+ * step, a batch of one, a thread's share of a short input projection). */
+static inline TYPE FN(hsum)(FN(vec) v)
+{
+    TYPE s = 0;
+    for (int l = 0; l < VL; l++) s += v[l];
+    return s;
+}
+
 LF_CLONES static void FN(small_gemm)(int tb, int M, int N, int K, const TYPE *A, int lda,
                                      const TYPE *B, int ldb, TYPE beta, TYPE *C, int ldc)
 {
     if (tb) {
-        for (int n = 0; n < N; n++) {
-            const TYPE *b = B + (size_t)n * ldb;
-            for (int i = 0; i < M; i++) {
-                const TYPE *a = A + (size_t)i * lda;
-                FN(vec) acc = (FN(vec)){0};
+        for (int i0 = 0; i0 < M; i0 += 4) {
+            const int mr = M - i0 < 4 ? M - i0 : 4;
+            const TYPE *a[4];
+            for (int i = 0; i < 4; i++) a[i] = A + (size_t)(i0 + (i < mr ? i : 0)) * lda;
+            for (int n = 0; n < N; n++) {
+                const TYPE *b = B + (size_t)n * ldb;
+                FN(vec) acc[4] = {{0}, {0}, {0}, {0}};
                 int k = 0;
-                for (; k + VL <= K; k += VL) acc += FN(load)(a + k) * FN(load)(b + k);
-                TYPE sum = 0;
-                for (int l = 0; l < VL; l++) sum += acc[l];
-                for (; k < K; k++) sum += a[k] * b[k];
-                TYPE *c = C + (size_t)i * ldc + n;
-                *c = beta == 0 ? sum : beta * *c + sum;
+                for (; k + VL <= K; k += VL) {
+                    const FN(vec) bv = FN(load)(b + k);
+                    for (int i = 0; i < 4; i++) acc[i] += FN(load)(a[i] + k) * bv;
+                }
+                for (int i = 0; i < mr; i++) {
+                    TYPE sum = FN(hsum)(acc[i]);
+                    for (int kk = k; kk < K; kk++) sum += a[i][kk] * b[kk];
+                    TYPE *c = C + (size_t)(i0 + i) * ldc + n;
+                    *c = beta == 0 ? sum : beta * *c + sum;
+                }
             }
         }
         return;
@@ -63,7 +77,7 @@ static void FN(gemm)(const lf_blas *bl, int ta, int tb, int M, int N, int K,
                      TYPE beta, TYPE *C, int ldc)
 {
     if (M <= 0 || N <= 0) return;
-    if (M <= 4 && !ta && alpha == 1) {
+    if (!ta && alpha == 1 && (M <= 4 || (tb && M <= 16))) {
         FN(small_gemm)(tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
         return;
     }
