@@ -414,6 +414,37 @@ def plot(cases, path):
 
 
 # --- command line ------------------------------------------------------------------------
+def run_surface(repeat, pause, out=sys.stdout):
+    """The cases of lstmfast/_surface.py, interleaved, medians against the fastest peer."""
+    from . import _surface
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("--surface compares against torch, which is not installed", file=out)
+        return 1
+    for build in _surface.CASES:
+        fns, title = build()
+        times = {name: [] for name in fns}
+        for _ in range(max(repeat, 3)):
+            for name, fn in fns.items():
+                time.sleep(pause)
+                n, t0 = 0, time.perf_counter()
+                while True:      # repeat short calls until the sample lasts MIN_SAMPLE
+                    fn()
+                    n += 1
+                    if time.perf_counter() - t0 >= MIN_SAMPLE:
+                        break
+                times[name].append((time.perf_counter() - t0) / n)
+        med = {name: float(np.median(v)) for name, v in times.items()}
+        peers = [v for name, v in med.items() if not name.startswith("lstmfast")]
+        print(f"\n{title}", file=out)
+        for name, v in sorted(med.items(), key=lambda kv: kv[1]):
+            print(f"  {name:<22} {v * 1e3:10.3f} ms   {min(peers) / v:5.2f}x the fastest torch",
+                  file=out)
+    return 0
+
+
 def _parser():
     p = argparse.ArgumentParser(prog="python -m lstmfast.bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -436,6 +467,10 @@ def _parser():
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of a training step (one subprocess per "
                         "implementation and shape)")
+    p.add_argument("--surface", action="store_true",
+                   help="instead: variable lengths, the cell step and a 2-layer "
+                        "bidirectional LSTM with lengths (numpy layer, lstmfast.torch "
+                        "drop-in) against torch")
     p.add_argument("--json", metavar="PATH", help="write all samples and settings as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a GFLOP/s bar chart (needs matplotlib)")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -474,6 +509,10 @@ def main(argv=None):
             env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads),
                        OMP_NUM_THREADS=str(args.threads), _LSTMFAST_BENCH_REEXEC="1")
             os.execve(sys.executable, [sys.executable, "-m", "lstmfast.bench", *argv], env)
+
+    if args.surface:
+        set_threads(args.threads)
+        return run_surface(args.repeat, args.pause)
 
     dtype = np.dtype(args.dtype)
     plan = ([(s, tuple(modes)) for group in args.shapes for s in group] if args.shapes else
