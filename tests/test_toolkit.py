@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from reference import numerical_grad
 
 from lstmfast.checkpoint import load, save
 from lstmfast.module import Module
@@ -17,20 +18,6 @@ from lstmfast.optim import SGD, Adam, clip_grad_norm, clip_grad_value
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
-
-
-def numgrad(f, x, eps=1e-6):
-    """Central differences of the scalar f() with respect to the array x (perturbed in place)."""
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        fp = f()
-        x[i] = old - eps
-        fm = f()
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def assert_grad_close(analytic, numeric, rtol=1e-7):
@@ -97,10 +84,10 @@ def test_linear_gradients(rng, bias):
 
     lin(x)
     dx = lin.backward(r)
-    assert_grad_close(dx, numgrad(f, x))
-    assert_grad_close(lin.grads["weight"], numgrad(f, lin.params["weight"]))
+    assert_grad_close(dx, numerical_grad(f, x))
+    assert_grad_close(lin.grads["weight"], numerical_grad(f, lin.params["weight"]))
     if bias:
-        assert_grad_close(lin.grads["bias"], numgrad(f, lin.params["bias"]))
+        assert_grad_close(lin.grads["bias"], numerical_grad(f, lin.params["bias"]))
 
 
 def test_linear_backward_accumulates(rng):
@@ -201,7 +188,7 @@ def test_embedding_gradient_repeated_indices(rng):
     emb(idx)
     assert emb.backward(r) is None
     g = emb.grads["weight"]
-    assert_grad_close(g, numgrad(f, emb.params["weight"]))
+    assert_grad_close(g, numerical_grad(f, emb.params["weight"]))
     np.testing.assert_allclose(g[1], r[0, 0] + r[0, 2] + r[1, 1], rtol=1e-12)
     assert not g[[2, 4]].any()  # rows never looked up get no gradient
 
@@ -276,7 +263,7 @@ def test_cross_entropy_gradient(rng, reduction):
 
     _, grad = cross_entropy(logits, target, reduction)
     assert grad.shape == logits.shape
-    assert_grad_close(grad, numgrad(f, logits))
+    assert_grad_close(grad, numerical_grad(f, logits))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -333,7 +320,7 @@ def test_mse_loss(rng):
                                                              rel=1e-12)
     for reduction in ["mean", "sum", "none"]:
         _, grad = mse_loss(pred, target, reduction)
-        assert_grad_close(grad, numgrad(lambda: float(np.sum(
+        assert_grad_close(grad, numerical_grad(lambda: float(np.sum(
             mse_loss(pred, target, reduction)[0])), pred))
 
 
