@@ -11,7 +11,9 @@ def set_num_threads(n):
 
     Like ``torch.set_num_threads``, this is a process-wide setting. The BLAS calls
     inside lstmfast's kernels always run on these threads: while a kernel runs, scipy's
-    OpenBLAS pool is held at one thread (and restored afterwards).
+    OpenBLAS pool is held at one thread (and restored afterwards). The threads of a call
+    wait for each other at every timestep by spinning, so when several Python threads run
+    layers at the same time, give each call fewer threads (e.g. 1) than there are cores.
     """
     global _requested
     if n is not None:
