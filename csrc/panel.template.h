@@ -169,10 +169,15 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
 {
     const int NV = pk->NV, K2 = pk->K - K1;
     const int MR = 12 / NV;
+    /* rows a chunk at a time, so that the chunk of A (~128 KiB) stays in L2 while every
+     * panel passes over it */
+    const int chunk = (int)(32768 / (pk->K > 0 ? pk->K : 1)) / MR * MR + MR;
+    for (int rc = 0; rc < rows; rc += chunk)
     for (int p = p0; p < p1; p++) {
         const TYPE *pan = pk->data + (size_t)p * pk->K * NV * VL;
-        for (int r = 0; r < rows; r += MR) {
-            const int mr = rows - r < MR ? rows - r : MR;
+        const int rend = rows - rc < chunk ? rows : rc + chunk;
+        for (int r = rc; r < rend; r += MR) {
+            const int mr = rend - r < MR ? rend - r : MR;
             switch (mr * 8 + NV) {
                 LF_TILE_CASE(1, 2) LF_TILE_CASE(2, 2) LF_TILE_CASE(3, 2)
                 LF_TILE_CASE(4, 2) LF_TILE_CASE(5, 2) LF_TILE_CASE(6, 2)

@@ -6,8 +6,9 @@
  * sorted non-increasing) at packed rows off(t) .. off(t)+nb(t); without lengths this
  * is the plain [T, B] layout. So x, y, gates and aux are [N, .] with N = sum(lengths).
  *
- * Forward: one BLAS GEMM for the input projection of all steps (in inference, of a
- * chunk of steps at a time, so memory stays O(B*H)); then per step the recurrent GEMM
+ * Forward: one GEMM for the input projection of all steps (BLAS); in inference, of a
+ * chunk of steps at a time so that memory stays O(B*H), on packed W_ih with our own
+ * tiles (each thread its own units); then per step the recurrent GEMM
  * h_{t-1} W_hh^T on W_hh packed once per call (panel.template.h), each panel followed at
  * once by the cell's pointwise step on the units it produced. The cache for backward is
  * the gate activations and the cell's aux rows (LSTM: c_t); h_t is y itself.
@@ -121,11 +122,15 @@ static void FN(prepare_bias)(const lf_dims *d, const TYPE *b_ih, const TYPE *b_h
 
 /* The packed-weight layouts, shared by the work-size functions and the kernels. */
 static void FN(fwd_panels)(const lf_dims *d, FN(panels) *pw, FN(panels) *pr,
-                           const TYPE *w_hh, const TYPE *w_hr)
+                           FN(panels) *pi, const TYPE *w_hh, const TYPE *w_hr,
+                           const TYPE *w_ih)
 {
     const int G = lf_num_gates(d->cell), H = d->hidden_size, P = d->out_size;
+    const int I = d->input_size;
     FN(panels_init)(pw, P, G == 1 ? 2 : G, G, H, 0, w_hh, P, 1);  /* g += h W_hh^T */
     FN(panels_init)(pr, H, 3, 0, 0, P, w_hr, H, 1);               /* y = m W_hr^T */
+    /* g = x W_ih^T in W_hh's layout: each thread projects the input for its own units */
+    FN(panels_init)(pi, I, G == 1 ? 2 : G, G, H, 0, w_ih, I, 1);
 }
 
 static void FN(bwd_panels)(const lf_dims *d, FN(panels) *pb, FN(panels) *prt,
@@ -170,9 +175,10 @@ size_t FN(lf_forward_work_size)(const lf_dims *d, int training)
 {
     const size_t GH = (size_t)lf_num_gates(d->cell) * d->hidden_size, B = d->batch;
     const size_t H = d->hidden_size;
-    FN(panels) pw, pr;
-    FN(fwd_panels)(d, &pw, &pr, NULL, NULL);
+    FN(panels) pw, pr, pi;
+    FN(fwd_panels)(d, &pw, &pr, &pi, NULL, NULL, NULL);
     size_t n = LF_WORK_SLACK / sizeof(TYPE) + FN(panels_size)(&pw) + 2 * GH;
+    if (!training) n += FN(panels_size)(&pi);
     if (d->cell == LF_GRU) n += B * GH + B * H;
     if (lf_has_proj(d)) n += B * H + FN(panels_size)(&pr);
     if (!training) n += (size_t)lf_chunk_steps(d) * B * GH;
@@ -207,7 +213,7 @@ typedef struct {
     TYPE *y, *h_n, *c_n, *gates, *aux;
     int ldx, ldy, training, Tc;
     TYPE *bx, *bh, *gh, *m, *ghn, *gbuf;
-    FN(panels) pw, pr;
+    FN(panels) pw, pr, pi;
     lf_team team;
 } FN(fwd_ctx);
 
@@ -223,6 +229,7 @@ static void FN(fwd_worker)(void *arg, int tid)
     int p0, p1, q0 = 0, q1 = 0, u0, u1, v0, v1;
     lf_split(c->pw.npanels, nt, tid, &p0, &p1);
     if (c->pw.data) FN(pack)(&c->pw, p0, p1);
+    if (c->pi.data) FN(pack)(&c->pi, p0, p1);
     FN(panel_units)(&c->pw, p0, p1, &u0, &u1);       /* this thread's hidden units */
     v0 = u0; v1 = u1;                                /* and its units of h */
     if (proj) {
@@ -245,11 +252,17 @@ static void FN(fwd_worker)(void *arg, int tid)
             ptrdiff_t rows = 0;
             for (int k = 0; k < steps; k++) rows += lf_active(d, d->reverse ? t - k : t + k);
             chunk0 = d->reverse ? off + nb - rows : off;
-            int r0, r1;
-            lf_split((int)rows, nt, tid, &r0, &r1);
-            FN(gemm)(c->bl, 0, 1, r1 - r0, GH, I, 1, c->x + (chunk0 + r0) * ldx, ldx,
-                     c->w_ih, I, 0, c->gbuf + (size_t)r0 * GH, GH);
-            lf_barrier_wait(&c->team);
+            if (c->pi.data) {
+                /* this thread's units only, which only this thread reads: no barrier */
+                FN(panel_gemm)(&c->pi, p0, p1, (int)rows, I, c->x + chunk0 * ldx, ldx, NULL, 0,
+                               c->gbuf, GH, 0);
+            } else {
+                int r0, r1;
+                lf_split((int)rows, nt, tid, &r0, &r1);
+                FN(gemm)(c->bl, 0, 1, r1 - r0, GH, I, 1, c->x + (chunk0 + r0) * ldx, ldx,
+                         c->w_ih, I, 0, c->gbuf + (size_t)r0 * GH, GH);
+                lf_barrier_wait(&c->team);
+            }
         }
         TYPE *g = c->gbuf + (off - chunk0) * GH;
         TYPE *yt = c->y + off * ldy;
@@ -333,10 +346,14 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     c.h0 = h0; c.c0 = c0; c.y = y; c.h_n = h_n; c.c_n = c_n; c.gates = gates; c.aux = aux;
     c.ldx = ldx; c.ldy = ldy; c.training = training;
     c.Tc = training ? d->seq_len : lf_chunk_steps(d);
-    FN(fwd_panels)(d, &c.pw, &c.pr, w_hh, w_hr);
+    FN(fwd_panels)(d, &c.pw, &c.pr, &c.pi, w_hh, w_hr, w_ih);
     TYPE *w = (TYPE *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     const int packed = FN(use_panels)(d);
     c.pw.data = packed ? FN(take)(&w, FN(panels_size)(&c.pw)) : NULL;
+    /* inference projects a chunk of a few hundred rows at a time: our tiles, one pass per
+     * thread over its own units; training projects all rows at once, where BLAS's
+     * cache blocking does better */
+    c.pi.data = packed && !training ? FN(take)(&w, FN(panels_size)(&c.pi)) : NULL;
     c.pr.data = packed && w_hr ? FN(take)(&w, FN(panels_size)(&c.pr)) : NULL;
     c.bx = FN(take)(&w, GH);
     c.bh = FN(take)(&w, GH);

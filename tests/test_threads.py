@@ -20,7 +20,8 @@ def _run(kind, threads, dtype, **kw):
     x = rng.standard_normal((30, 12, 24))
     y, _ = layer(x, lengths=[30, 3, 17, 30, 1, 25, 30, 29, 8, 30, 12, 30])
     dx, _ = layer.backward(rng.standard_normal(y.shape))
-    return [y, dx] + [layer.grads[k] for k in sorted(layer.grads)]
+    y_eval, _ = layer.eval()(x, lengths=[30, 3, 17, 30, 1, 25, 30, 29, 8, 30, 12, 30])
+    return [y, dx, y_eval] + [layer.grads[k] for k in sorted(layer.grads)]
 
 
 @pytest.mark.parametrize("kind,kw", [("LSTM", {}), ("LSTM", {"proj_size": 40}), ("GRU", {}),
