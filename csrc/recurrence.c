@@ -62,6 +62,29 @@ static ptrdiff_t lf_total_rows(const lf_dims *d)
     return n;
 }
 
+/* The packed rows of step t (the s-th in the forward's order, which starts at off): how
+ * many of its nb rows carry the state of the forward's previous step (the others start
+ * from h0: only in the reverse direction with lengths), and where that step's rows begin. */
+static int lf_carried(const lf_dims *d, int s, int t, int nb, ptrdiff_t off,
+                      ptrdiff_t *offprev)
+{
+    const int nprev = s == 0 ? 0 : lf_active(d, d->reverse ? t + 1 : t - 1);
+    *offprev = d->reverse ? off + nb : off - nprev;
+    return nb < nprev ? nb : nprev;
+}
+
+/* Where the packed rows of the first step in the forward's order begin. */
+static ptrdiff_t lf_first_offset(const lf_dims *d)
+{
+    return d->reverse ? lf_total_rows(d) - lf_active(d, d->seq_len - 1) : 0;
+}
+
+/* From step t's rows (at off, nb of them) to the next step's in the forward's order. */
+static ptrdiff_t lf_next_offset(const lf_dims *d, int t, int nb, ptrdiff_t off)
+{
+    return d->reverse ? off - (t > 0 ? lf_active(d, t - 1) : 0) : off + nb;
+}
+
 /* Inference projects the input a chunk of steps at a time: enough rows for an
  * efficient GEMM, while memory stays independent of T. */
 static int lf_chunk_steps(const lf_dims *d)

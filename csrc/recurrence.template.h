@@ -248,10 +248,8 @@ static void FN(fwd_worker)(void *arg, int tid)
     }
     lf_barrier_wait(&c->team);
 
-    const ptrdiff_t N = lf_total_rows(d);
-    ptrdiff_t off = d->reverse ? N - lf_active(d, T - 1) : 0;
+    ptrdiff_t off = lf_first_offset(d);
     ptrdiff_t chunk0 = 0;  /* packed row where gbuf starts */
-    int tprev = -1;
     for (int s = 0; s < T; s++) {
         const int t = d->reverse ? T - 1 - s : s;
         const int nb = lf_active(d, t);
@@ -275,9 +273,8 @@ static void FN(fwd_worker)(void *arg, int tid)
         }
         TYPE *g = c->gbuf + (off - chunk0) * GH;
         TYPE *yt = c->y + off * ldy;
-        const int nprev = tprev < 0 ? 0 : lf_active(d, tprev);
-        const int carried = nb < nprev ? nb : nprev;
-        const ptrdiff_t offprev = d->reverse ? off + nb : off - nprev;
+        ptrdiff_t offprev;
+        const int carried = lf_carried(d, s, t, nb, off, &offprev);
         const TYPE *hp = c->y + offprev * ldy;       /* valid for rows < carried */
         TYPE *rec = gru ? c->gh : g;                 /* GRU keeps the recurrent part apart */
         TYPE *hout = proj ? c->m : yt;
@@ -328,8 +325,7 @@ static void FN(fwd_worker)(void *arg, int tid)
             FN(copy_cols)(nb - end0, u0, u1, auxt + (size_t)end0 * H, H,
                           c->c_n + (size_t)end0 * H, H);
         lf_barrier_wait(&c->team);
-        tprev = t;
-        off = d->reverse ? off - nb_next : off + nb;
+        off = lf_next_offset(d, t, nb, off);
     }
 }
 
@@ -359,7 +355,6 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     TYPE *w = (TYPE *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     const int packed = FN(use_panels)(d);
     c.pw.data = packed ? FN(take)(&w, FN(panels_size)(&c.pw)) : NULL;
-
     c.pi.data = FN(own_input_projection)(d, training) ? FN(take)(&w, FN(panels_size)(&c.pi))
                                                        : NULL;
     c.pr.data = packed && w_hr ? FN(take)(&w, FN(panels_size)(&c.pr)) : NULL;
@@ -413,19 +408,16 @@ static void FN(bwd_worker)(void *arg, int tid)
 
     /* Gather h_{t-1} of every packed row (this thread's columns), so that the
      * weight-gradient GEMM runs once over all rows. */
-    ptrdiff_t off = d->reverse ? N - lf_active(d, T - 1) : 0;
-    int tprev = -1;
+    ptrdiff_t off = lf_first_offset(d);
     for (int s = 0; s < T; s++) {
         const int t = d->reverse ? T - 1 - s : s;
         const int nb = lf_active(d, t);
-        const int nprev = tprev < 0 ? 0 : lf_active(d, tprev);
-        const int carried = nb < nprev ? nb : nprev;
-        const ptrdiff_t offprev = d->reverse ? off + nb : off - nprev;
+        ptrdiff_t offprev;
+        const int carried = lf_carried(d, s, t, nb, off, &offprev);
         FN(copy_cols)(carried, v0, v1, c->y + offprev * ldy, ldy, hprev + off * P, P);
         FN(copy_cols)(nb - carried, v0, v1, c->h0 + (size_t)carried * P, P,
                       hprev + (off + carried) * P, P);
-        tprev = t;
-        if (s + 1 < T) off = d->reverse ? off - lf_active(d, t - 1) : off + nb;
+        if (s + 1 < T) off = lf_next_offset(d, t, nb, off);
     }
     lf_barrier_wait(&c->team);
 
@@ -433,10 +425,8 @@ static void FN(bwd_worker)(void *arg, int tid)
     for (int s = T - 1; s >= 0; s--) {
         const int t = d->reverse ? T - 1 - s : s;
         const int nb = lf_active(d, t);
-        const int tp = d->reverse ? t + 1 : t - 1;     /* the forward's previous step */
-        const int nprev = s == 0 ? 0 : lf_active(d, tp);
-        const int carried = nb < nprev ? nb : nprev;
-        const ptrdiff_t offprev = d->reverse ? off + nb : off - nprev;
+        ptrdiff_t offprev;  /* the forward's previous step, visited next */
+        const int carried = lf_carried(d, s, t, nb, off, &offprev);
         TYPE *g = c->gates + off * GH;
         TYPE *auxt = c->aux ? c->aux + off * lf_aux_size(cell, H) : NULL;
         const TYPE *dyt = c->dy + off * lddy;
@@ -484,7 +474,7 @@ static void FN(bwd_worker)(void *arg, int tid)
         /* dh_{t-1} = dG_hh W_hh (+ the GRU's direct path z * dh_t, left in dh) */
         FN(step_gemm)(c->bl, &c->pb, p0, p1, nb, split, g, GH, split < GH ? auxt : NULL, H,
                       dh, P, gru);
-        if (s > 0) off = d->reverse ? off + nb : off - lf_active(d, tp);
+        if (s > 0) off = offprev;
     }
     lf_barrier_wait(&c->team);
     if (tid == 0) {

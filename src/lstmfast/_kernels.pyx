@@ -61,10 +61,6 @@ CELLS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 cdef long long INT_MAX = 2147483647
 
 
-def num_gates(int cell):
-    return lf_num_gates(cell)
-
-
 cdef char *_data(object a, object dtype, tuple shape, str name, bint writable=False) except NULL:
     """Pointer to a C-contiguous array of exactly this dtype and shape, or an exception."""
     if not isinstance(a, np.ndarray):
