@@ -71,30 +71,81 @@ static size_t FN(panels_size)(const FN(panels) *pk)
     return (size_t)pk->npanels * pk->K * pk->NV * VL;
 }
 
-/* Pack panels [p0, p1) from pk->w. */
-static void FN(pack)(FN(panels) *pk, int p0, int p1)
-{
-    const int K = pk->K, NV = pk->NV, ldw = pk->ldw, trans_w = pk->trans_w;
-    const TYPE *w = pk->w;
-    for (int p = p0; p < p1; p++) {
-        TYPE *dst = pk->data + (size_t)p * K * NV * VL;
-        for (int v = 0; v < NV; v++) {
-            int n, col = FN(colmap)(pk, p, v, &n);
-            for (int k = 0; k < K; k++) {
-                TYPE *d = dst + (size_t)k * NV * VL + v * VL;
-                for (int l = 0; l < VL; l++)
-                    d[l] = l >= n ? 0 : trans_w ? w[(size_t)(col + l) * ldw + k]
-                                                : w[(size_t)k * ldw + col + l];
-            }
-        }
-    }
-}
-
 static inline __attribute__((always_inline)) FN(vec) FN(load)(const TYPE *p)
 {
     FN(vec) v;
     memcpy(&v, p, sizeof v);  /* an unaligned vector load */
     return v;
+}
+
+/* r[l] = column l of the VL x VL block whose rows are r[0..VL) */
+static inline __attribute__((always_inline)) void FN(transpose)(FN(vec) *r)
+{
+#if VL_IS_8
+    FN(vec) t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int i = 0; i < 8; i += 4)
+        for (int j = 0; j < 2; j++) {
+            u[i + 2 * j] = __builtin_shufflevector(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            u[i + 2 * j + 1] = __builtin_shufflevector(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    for (int i = 0; i < 4; i++) {
+        r[i] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        r[i + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+#else
+    FN(vec) t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 2, 6);
+    FN(vec) t1 = __builtin_shufflevector(r[0], r[1], 1, 5, 3, 7);
+    FN(vec) t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 2, 6);
+    FN(vec) t3 = __builtin_shufflevector(r[2], r[3], 1, 5, 3, 7);
+    r[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    r[1] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    r[2] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    r[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+#endif
+}
+
+/* Pack panels [p0, p1) from pk->w: whole vectors by copies (W) or VL x VL register
+ * transposes (W^T), the edges element by element. */
+LF_CLONES static void FN(pack)(FN(panels) *pk, int p0, int p1)
+{
+    const int K = pk->K, NV = pk->NV, ldw = pk->ldw, trans_w = pk->trans_w;
+    const size_t ldd = (size_t)NV * VL;
+    const TYPE *w = pk->w;
+    for (int p = p0; p < p1; p++) {
+        TYPE *dst = pk->data + (size_t)p * K * ldd;
+        int n[8], col[8], full = 1;  /* NV <= 8 */
+        for (int v = 0; v < NV; v++) {
+            col[v] = FN(colmap)(pk, p, v, &n[v]);
+            full &= n[v] == VL;
+        }
+        int k = 0;
+        if (full && trans_w) {
+            /* a block of VL rows of dst at a time: whole cache lines written once */
+            for (; k + VL <= K; k += VL)
+                for (int v = 0; v < NV; v++) {
+                    FN(vec) r[VL];
+                    for (int l = 0; l < VL; l++)
+                        r[l] = FN(load)(w + (size_t)(col[v] + l) * ldw + k);
+                    FN(transpose)(r);
+                    for (int l = 0; l < VL; l++)
+                        memcpy(dst + (k + l) * ldd + v * VL, &r[l], sizeof r[l]);
+                }
+        } else if (full) {
+            for (; k < K; k++)
+                for (int v = 0; v < NV; v++)
+                    memcpy(dst + k * ldd + v * VL, w + (size_t)k * ldw + col[v], sizeof(FN(vec)));
+        }
+        for (; k < K; k++)
+            for (int v = 0; v < NV; v++)
+                for (int l = 0; l < VL; l++)
+                    dst[k * ldd + v * VL + l] =
+                        l >= n[v] ? 0 : trans_w ? w[(size_t)(col[v] + l) * ldw + k]
+                                                : w[(size_t)k * ldw + col[v] + l];
+    }
 }
 
 /* One MR x NV tile of out, computed in registers and stored (added) through colmap.
@@ -106,16 +157,31 @@ static inline __attribute__((always_inline)) FN(vec) FN(load)(const TYPE *p)
         int K2, const TYPE *A2, int lda2, TYPE *out, int ldo, int accumulate)            \
     {                                                                                   \
         const FN(vec) ones = (FN(vec)){0} + 1;                                          \
-        FN(vec) acc[MR][NV];                                                            \
+        FN(vec) acc[MR][NV], acc2[MR][NV];                                              \
         _Pragma("GCC unroll 6")                                                         \
         for (int i = 0; i < MR; i++)                                                    \
             _Pragma("GCC unroll 4")                                                     \
-            for (int v = 0; v < NV; v++) acc[i][v] = (FN(vec)){0};                      \
+            for (int v = 0; v < NV; v++) acc[i][v] = acc2[i][v] = (FN(vec)){0};         \
         const TYPE *w = pan;                                                            \
         for (int seg = 0; seg < 2; seg++) {                                             \
             const int K = seg ? K2 : K1, lda = seg ? lda2 : lda1;                       \
             const TYPE *A = seg ? A2 : A1;                                              \
-            for (int k = 0; k < K; k++, w += NV * VL) {                                 \
+            int k = 0;                                                                  \
+            /* with fewer than 8 accumulators the FMA latency binds: a second set       \
+             * takes the odd k */                                                       \
+            for (; MR * NV < 8 && k + 1 < K; k += 2, w += 2 * NV * VL) {                 \
+                _Pragma("GCC unroll 6")                                                 \
+                for (int i = 0; i < MR; i++) {                                          \
+                    const FN(vec) a = ones * A[(size_t)i * lda + k];                    \
+                    const FN(vec) a2 = ones * A[(size_t)i * lda + k + 1];               \
+                    _Pragma("GCC unroll 4")                                             \
+                    for (int v = 0; v < NV; v++) {                                      \
+                        acc[i][v] += a * FN(load)(w + v * VL);                          \
+                        acc2[i][v] += a2 * FN(load)(w + (NV + v) * VL);                 \
+                    }                                                                   \
+                }                                                                       \
+            }                                                                           \
+            for (; k < K; k++, w += NV * VL) {                                          \
                 FN(vec) wv[NV];                                                         \
                 _Pragma("GCC unroll 4")                                                 \
                 for (int v = 0; v < NV; v++) wv[v] = FN(load)(w + v * VL);              \
@@ -127,6 +193,9 @@ static inline __attribute__((always_inline)) FN(vec) FN(load)(const TYPE *p)
                 }                                                                       \
             }                                                                           \
         }                                                                               \
+        if (MR * NV < 8)                                                                \
+            for (int i = 0; i < MR; i++)                                                \
+                for (int v = 0; v < NV; v++) acc[i][v] += acc2[i][v];                   \
         for (int v = 0; v < NV; v++) {                                                  \
             int n, col = FN(colmap)(pk, p, v, &n);                                      \
             for (int i = 0; i < MR; i++) {                                              \
@@ -155,9 +224,9 @@ LF_TILE(1, 4) LF_TILE(2, 4) LF_TILE(3, 4)
 
 #define LF_TILE_CASE(mr, nv)                                                           \
     case (mr) * 8 + (nv):                                                              \
-        FN(tile_##mr##x##nv)(pk, p, pan, K1, A1 + (size_t)r * lda1, lda1, K2,          \
-                             A2 ? A2 + (size_t)r * lda2 : NULL, lda2,                  \
-                             out + (size_t)r * ldo, ldo, accumulate);                  \
+        FN(tile_##mr##x##nv)(pk, p, pan + (size_t)kb * NV * VL, k1, A1 + (size_t)r * lda1 + kb, \
+                             lda1, k2, A2 ? A2 + (size_t)r * lda2 + b2 : NULL, lda2,   \
+                             out + (size_t)r * ldo, ldo, acc);                         \
         break;
 
 /* out[rows, colmap(panels p0..p1)] (+)= [A1 | A2][rows, K] W. Row blocks of 12/NV rows
@@ -167,22 +236,32 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
                                      const TYPE *A2, int lda2,
                                      TYPE *out, int ldo, int accumulate)
 {
-    const int NV = pk->NV, K2 = pk->K - K1;
+    const int NV = pk->NV, K = pk->K;
     const int MR = 12 / NV;
     /* rows a chunk at a time, so that the chunk of A (~128 KiB) stays in L2 while every
      * panel passes over it */
-    const int chunk = (int)(32768 / (pk->K > 0 ? pk->K : 1)) / MR * MR + MR;
+    const int chunk = (int)(32768 / (K > 0 ? K : 1)) / MR * MR + MR;
+    /* and K a block at a time, so that the block of the panel (16 KiB) stays in L1 for
+     * every row block: the tile needs more of W per cycle than L2 delivers */
+    const int KC = 16384 / (NV * 32);
     for (int rc = 0; rc < rows; rc += chunk)
     for (int p = p0; p < p1; p++) {
-        const TYPE *pan = pk->data + (size_t)p * pk->K * NV * VL;
+        const TYPE *pan = pk->data + (size_t)p * K * NV * VL;
         const int rend = rows - rc < chunk ? rows : rc + chunk;
-        for (int r = rc; r < rend; r += MR) {
-            const int mr = rend - r < MR ? rend - r : MR;
-            switch (mr * 8 + NV) {
-                LF_TILE_CASE(1, 2) LF_TILE_CASE(2, 2) LF_TILE_CASE(3, 2)
-                LF_TILE_CASE(4, 2) LF_TILE_CASE(5, 2) LF_TILE_CASE(6, 2)
-                LF_TILE_CASE(1, 3) LF_TILE_CASE(2, 3) LF_TILE_CASE(3, 3) LF_TILE_CASE(4, 3)
-                LF_TILE_CASE(1, 4) LF_TILE_CASE(2, 4) LF_TILE_CASE(3, 4)
+        for (int kb = 0; kb < K || kb == 0; kb += KC) {
+            const int ke = K - kb < KC ? K : kb + KC;
+            /* the block [kb, ke) of K, in A1's columns [kb, K1) and A2's [b2, b2+k2) */
+            const int k1 = ke < K1 ? ke - kb : K1 > kb ? K1 - kb : 0;
+            const int b2 = kb > K1 ? kb - K1 : 0, k2 = ke - kb - k1;
+            const int acc = accumulate || kb > 0;
+            for (int r = rc; r < rend; r += MR) {
+                const int mr = rend - r < MR ? rend - r : MR;
+                switch (mr * 8 + NV) {
+                    LF_TILE_CASE(1, 2) LF_TILE_CASE(2, 2) LF_TILE_CASE(3, 2)
+                    LF_TILE_CASE(4, 2) LF_TILE_CASE(5, 2) LF_TILE_CASE(6, 2)
+                    LF_TILE_CASE(1, 3) LF_TILE_CASE(2, 3) LF_TILE_CASE(3, 3) LF_TILE_CASE(4, 3)
+                    LF_TILE_CASE(1, 4) LF_TILE_CASE(2, 4) LF_TILE_CASE(3, 4)
+                }
             }
         }
     }

@@ -188,6 +188,7 @@ static void lf_split(int n, int parts, int i, int *lo, int *hi)
 }
 
 #define TYPE float
+#define VL_IS_8 1
 #define FN(name) name##_f32
 #define BLAS_GEMM(bl) ((bl)->sgemm)
 #include "cells.template.h"
@@ -197,8 +198,10 @@ static void lf_split(int n, int parts, int i, int *lo, int *hi)
 #undef FN
 #undef BLAS_GEMM
 #undef VL
+#undef VL_IS_8
 
 #define TYPE double
+#define VL_IS_8 0
 #define FN(name) name##_f64
 #define BLAS_GEMM(bl) ((bl)->dgemm)
 #include "cells.template.h"
@@ -208,3 +211,4 @@ static void lf_split(int n, int parts, int i, int *lo, int *hi)
 #undef FN
 #undef BLAS_GEMM
 #undef VL
+#undef VL_IS_8
