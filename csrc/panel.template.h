@@ -267,3 +267,100 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
     }
 }
 #undef LF_TILE_CASE
+
+/* The same product on W unpacked: out[rows, colmap(panels p0..p1)] (+)= A W^T for W
+ * row-major [ncols, K] (pk->trans_w), as dot products along contiguous rows of W, four
+ * rows of W at a time, each group of four passing over every row of A while it is in
+ * L1. Nothing is packed, so a call that reads W only a few times (a batch of one or
+ * two, a short sequence) does not pay for packing it first. */
+static inline __attribute__((always_inline)) FN(vec) FN(sum4)(FN(vec) a, FN(vec) b,
+                                                               FN(vec) c, FN(vec) d)
+{
+    /* lanes 0..3 of the result: the sums of a, b, c, d */
+#if VL_IS_8
+#define LF_HADD(x, y) (__builtin_shufflevector(x, y, 0, 2, 8, 10, 4, 6, 12, 14) + \
+                       __builtin_shufflevector(x, y, 1, 3, 9, 11, 5, 7, 13, 15))
+    FN(vec) t = LF_HADD(LF_HADD(a, b), LF_HADD(c, d));
+    return t + __builtin_shufflevector(t, t, 4, 5, 6, 7, 0, 1, 2, 3);
+#else
+#define LF_HADD(x, y) (__builtin_shufflevector(x, y, 0, 4, 2, 6) + \
+                       __builtin_shufflevector(x, y, 1, 5, 3, 7))
+    FN(vec) s = LF_HADD(a, b), t = LF_HADD(c, d);
+    return __builtin_shufflevector(s, t, 0, 1, 4, 5) + __builtin_shufflevector(s, t, 2, 3, 6, 7);
+#endif
+#undef LF_HADD
+}
+
+/* MR rows of A against the four rows w[0..4) of W; the first n of the four results go to
+ * out. S accumulator sets take alternate vectors of K (S = 2 for one row: four chains
+ * alone would wait on the FMA latency). */
+#define LF_DOT_TILE(MR, S)                                                              \
+    static inline __attribute__((always_inline)) void FN(dot_tile_##MR)(              \
+        int K, const TYPE *A, int lda, const TYPE *const *w, TYPE *out, int ldo,         \
+        int n, int accumulate)                                                          \
+    {                                                                                   \
+        FN(vec) acc[S][MR][4];                                                          \
+        for (int s = 0; s < S; s++)                                                     \
+            _Pragma("GCC unroll 4")                                                     \
+            for (int i = 0; i < MR; i++)                                                \
+                _Pragma("GCC unroll 4")                                                 \
+                for (int j = 0; j < 4; j++) acc[s][i][j] = (FN(vec)){0};                \
+        int k = 0;                                                                      \
+        for (; k + S * VL <= K; k += S * VL)                                            \
+            _Pragma("GCC unroll 2")                                                     \
+            for (int s = 0; s < S; s++) {                                               \
+                FN(vec) wv[4];                                                          \
+                _Pragma("GCC unroll 4")                                                 \
+                for (int j = 0; j < 4; j++) wv[j] = FN(load)(w[j] + k + s * VL);        \
+                _Pragma("GCC unroll 4")                                                 \
+                for (int i = 0; i < MR; i++) {                                          \
+                    const FN(vec) a = FN(load)(A + (size_t)i * lda + k + s * VL);       \
+                    _Pragma("GCC unroll 4")                                             \
+                    for (int j = 0; j < 4; j++) acc[s][i][j] += a * wv[j];              \
+                }                                                                       \
+            }                                                                           \
+        for (int i = 0; i < MR; i++) {                                                  \
+            for (int s = 1; s < S; s++)                                                 \
+                for (int j = 0; j < 4; j++) acc[0][i][j] += acc[s][i][j];               \
+            const FN(vec) r = FN(sum4)(acc[0][i][0], acc[0][i][1], acc[0][i][2],        \
+                                       acc[0][i][3]);                                   \
+            const TYPE *a = A + (size_t)i * lda;                                        \
+            TYPE *o = out + (size_t)i * ldo;                                            \
+            for (int j = 0; j < n; j++) {                                               \
+                TYPE v = r[j];                                                          \
+                for (int kk = k; kk < K; kk++) v += a[kk] * w[j][kk];                   \
+                o[j] = accumulate ? o[j] + v : v;                                       \
+            }                                                                           \
+        }                                                                               \
+    }
+
+LF_DOT_TILE(1, 2) LF_DOT_TILE(2, 1) LF_DOT_TILE(3, 1)
+#undef LF_DOT_TILE
+
+LF_CLONES static void FN(dot_gemm)(const FN(panels) *pk, int p0, int p1, int rows,
+                                   const TYPE *A, int lda, TYPE *out, int ldo,
+                                   int accumulate)
+{
+    const int K = pk->K;
+    for (int p = p0; p < p1; p++)
+        for (int v = 0; v < pk->NV; v++) {
+            int n, col = FN(colmap)(pk, p, v, &n);
+            for (int c = 0; c < n; c += 4) {
+                const int nc = n - c < 4 ? n - c : 4;
+                const TYPE *w[4];
+                for (int j = 0; j < 4; j++)
+                    w[j] = pk->w + (size_t)(col + c + (j < nc ? j : 0)) * pk->ldw;
+                TYPE *o = out + col + c;
+                int r = 0;
+                for (; r + 3 <= rows; r += 3)
+                    FN(dot_tile_3)(K, A + (size_t)r * lda, lda, w, o + (size_t)r * ldo, ldo,
+                                   nc, accumulate);
+                if (rows - r == 2)
+                    FN(dot_tile_2)(K, A + (size_t)r * lda, lda, w, o + (size_t)r * ldo, ldo,
+                                   nc, accumulate);
+                else if (rows - r == 1)
+                    FN(dot_tile_1)(K, A + (size_t)r * lda, lda, w, o + (size_t)r * ldo, ldo,
+                                   nc, accumulate);
+            }
+        }
+}

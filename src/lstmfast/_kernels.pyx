@@ -145,13 +145,38 @@ cdef _dims(lf_dims *d, int cell, int T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
     return N
 
 
+cdef object _take_work(list scratch, size_t n, object dtype):
+    """A work buffer of at least n elements: the one kept in scratch if it fits.
+
+    Reusing it spares the page faults of fresh memory on every call (measured: 0.6 of
+    2.5 ms at T=25, B=1, H=512). A list's pop and append are atomic under the GIL, so two
+    threads running the same layer each get their own buffer.
+    """
+    if scratch:
+        try:
+            buf = scratch.pop()
+        except IndexError:  # another thread took it meanwhile
+            buf = None
+        if buf is not None and buf.dtype == dtype and <size_t>buf.shape[0] >= n:
+            return buf
+    return np.empty(n, dtype)
+
+
+cdef _give_work(list scratch, object work):
+    if scratch is not None and not scratch:
+        scratch.append(work)
+
+
 def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
-            bint reverse, bint training, y, Py_ssize_t y_col, int threads=1):
+            bint reverse, bint training, y, Py_ssize_t y_col, int threads=1,
+            list scratch=None):
     """One direction of one layer.
 
     x [N, I] packed; w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or None; w_hr [P, H]
     or None; h0 [B, P]; c0 [B, H] (LSTM) or None; lengths int32 [B] non-increasing or None;
     y [N, >= y_col+P] receives h_t in columns y_col .. y_col+P; threads: at most this many.
+    scratch: None, or a list the caller keeps for this direction of this layer, which
+    holds the work buffer between calls (see _take_work).
     Returns (h_n [B, P], c_n [B, H] or None, cache); cache is None unless training.
     """
     if not isinstance(x, np.ndarray) or x.ndim != 2:
@@ -193,8 +218,8 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     gates = np.empty((N, GH), dtype) if training else None
     aux_size = lf_aux_size(cell, H)
     aux = np.empty((N, aux_size), dtype) if training and aux_size else None
-    work = np.empty(lf_forward_work_size_f32(&d, training) if dtype == np.float32
-                    else lf_forward_work_size_f64(&d, training), dtype)
+    work = _take_work(scratch, lf_forward_work_size_f32(&d, training) if dtype == np.float32
+                      else lf_forward_work_size_f64(&d, training), dtype)
     cdef char *phn = <char *>cnp.PyArray_DATA(<cnp.ndarray>h_n)
     cdef char *pcn = <char *>cnp.PyArray_DATA(<cnp.ndarray>c_n) if is_lstm else NULL
     cdef char *pg = <char *>cnp.PyArray_DATA(<cnp.ndarray>gates) if training else NULL
@@ -216,13 +241,14 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
                                 <double *>pg, <double *>pa, <double *>pw)
     if rc != LF_OK:
         raise RuntimeError(f"lstmfast forward kernel rejected its arguments (code {rc})")
+    _give_work(scratch, work)
     return h_n, c_n, ((gates, aux) if training else None)
 
 
 def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse,
              y, Py_ssize_t y_col, cache, dy, Py_ssize_t dy_col, dh_n, dc_n,
              dx, bint accumulate_dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh_norms=None,
-             int threads=1):
+             int threads=1, list scratch=None):
     """BPTT for one direction of one layer, consuming `cache` from forward.
 
     Arguments as in forward; dy [N, >= dy_col+P]; dh_n [B, P]; dc_n [B, H] (LSTM);
@@ -287,8 +313,8 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
 
     dh0 = np.empty((B, P), dtype)
     dc0 = np.empty((B, H), dtype) if is_lstm else None
-    work = np.empty(lf_backward_work_size_f32(&d) if dtype == np.float32
-                    else lf_backward_work_size_f64(&d), dtype)
+    work = _take_work(scratch, lf_backward_work_size_f32(&d) if dtype == np.float32
+                      else lf_backward_work_size_f64(&d), dtype)
     cdef char *pdh0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dh0)
     cdef char *pdc0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dc0) if is_lstm else NULL
     cdef char *pw = <char *>cnp.PyArray_DATA(<cnp.ndarray>work)
@@ -316,4 +342,5 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
                                  <double *>pnorms, <double *>pw)
     if rc != LF_OK:
         raise RuntimeError(f"lstmfast backward kernel rejected its arguments (code {rc})")
+    _give_work(scratch, work)
     return dh0, dc0

@@ -134,6 +134,9 @@ class _RNNBase(Module):
         self._rng = np.random.default_rng(seed)
         self._cache = None
         self._carry = None
+        # Kernel work buffers kept between calls, one per (pass, layer*direction): fresh
+        # memory costs page faults on every call.
+        self._scratch = {}
         # Gradient-flow diagnostic: when set, backward() leaves ||dL/dh_t|| (over the batch)
         # for every layer*direction and step t in grad_norms [num_layers*D, T].
         self.record_grad_norms = False
@@ -325,7 +328,8 @@ class _RNNBase(Module):
                     self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("bias_ih"),
                     w.get("bias_hh"), w.get("weight_hr"), init[0][i],
                     init[1][i] if self._has_cell_state else None, pack.T, pack.lengths,
-                    d == 1, training, y, d * P, get_num_threads())
+                    d == 1, training, y, d * P, get_num_threads(),
+                    self._scratch.setdefault(("forward", training, i), []))
                 finals[0][i] = h_n
                 if self._has_cell_state:
                     finals[1][i] = c_n
@@ -398,7 +402,7 @@ class _RNNBase(Module):
                     dfinal[1][i] if self._has_cell_state else None, dx, d == 1,
                     g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
                     g.get("weight_hr"), None if norms is None else norms[i],
-                    get_num_threads())
+                    get_num_threads(), self._scratch.setdefault(("backward", i), []))
                 dinit[0][i] = dh0
                 if self._has_cell_state:
                     dinit[1][i] = dc0
