@@ -1,4 +1,6 @@
 """The compiled extension and its flags; everything else is in pyproject.toml."""
+import glob
+
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -10,6 +12,7 @@ extensions = [
     Extension(
         "lstmfast._kernels",
         sources=["src/lstmfast/_kernels.pyx", "csrc/recurrence.c", "csrc/blas.c"],
+        depends=sorted(glob.glob("csrc/*.h")),  # the templates: rebuild when they change
         include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math", "-pthread"],

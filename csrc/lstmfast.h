@@ -73,19 +73,23 @@ size_t lf_backward_work_size_f64(const lf_dims *d);
  *   h_n [B, P], c_n [B, H] (c_n NULL unless LSTM) receive each row's final state.
  *   Training: gates [T*B, G*H] receives the gate activations and aux [T*B, aux_size]
  *   the extra cache; both feed lf_backward. Inference: gates and aux are NULL.
- *   work: lf_forward_work_size(d, training) elements. */
+ *   work: lf_forward_work_size(d, training) elements. work_reused: work is the buffer
+ *   an earlier call for the same weights' shapes was given (a layer keeps it). In
+ *   inference the buffer then keeps the packed weights with a copy of the weights they
+ *   were packed from: a call compares the weights with the copy (sequential reads) and
+ *   packs again only where they differ, so a weight changed in place is always seen. */
 int lf_forward_f32(const lf_blas *blas, const lf_dims *d,
                    const float *x, int ldx, const float *w_ih, const float *w_hh,
                    const float *b_ih, const float *b_hh, const float *w_hr,
                    const float *h0, const float *c0,
                    float *y, int ldy, float *h_n, float *c_n,
-                   float *gates, float *aux, float *work);
+                   float *gates, float *aux, float *work, int work_reused);
 int lf_forward_f64(const lf_blas *blas, const lf_dims *d,
                    const double *x, int ldx, const double *w_ih, const double *w_hh,
                    const double *b_ih, const double *b_hh, const double *w_hr,
                    const double *h0, const double *c0,
                    double *y, int ldy, double *h_n, double *c_n,
-                   double *gates, double *aux, double *work);
+                   double *gates, double *aux, double *work, int work_reused);
 
 /* Backward through time, consuming the forward's cache: gates and aux are overwritten
  * with the gate pre-activation gradients, so each cache is good for one backward.

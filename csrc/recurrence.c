@@ -98,7 +98,9 @@ static int lf_chunk_steps(const lf_dims *d)
 
 #define LF_MAX_THREADS 64
 /* room for aligning the work buffer and each piece carved from it */
-#define LF_WORK_SLACK (64 + 16 * 32)
+#define LF_WORK_SLACK (64 + 16 * 32 + LF_WORK_HEADER)
+/* the start of a forward's work buffer: what its packed weights are (lf_forward) */
+#define LF_WORK_HEADER 64
 
 /* A team of threads for one kernel call (the caller is thread 0), with a spin
  * barrier: the threads meet once or twice per timestep, microseconds apart, too often

@@ -176,7 +176,26 @@ static void FN(step_gemm)(const lf_blas *bl, const FN(panels) *pk, int p0, int p
  * (measured: 1.6x slower with our tiles at I = 1536). */
 static int FN(own_input_projection)(const lf_dims *d, int training)
 {
-    return FN(use_panels)(d) && !training && d->input_size <= 512;
+    (void)training;
+    return FN(use_panels)(d) && d->input_size <= 512;
+}
+
+/* Inference keeps its packed weights in the work buffer between calls (with the
+ * weights they came from, to compare); training's weights change every step. */
+static int FN(keeps_panels)(const lf_dims *d, int training)
+{
+    return FN(use_panels)(d) && !training;
+}
+
+/* A signature of the packed layout (shapes, dtype), 0 for none. */
+static unsigned FN(panels_signature)(const lf_dims *d, int training)
+{
+    if (!FN(keeps_panels)(d, training)) return 0;
+    unsigned h = 2166136261u;
+    const int v[] = {d->cell, d->input_size, d->hidden_size, d->out_size, (int)sizeof(TYPE),
+                     FN(own_input_projection)(d, training)};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) h = (h ^ (unsigned)v[i]) * 16777619u;
+    return h | 1;
 }
 
 /* Elements of work, with room to align the panels to 32 bytes. */
@@ -188,6 +207,11 @@ size_t FN(lf_forward_work_size)(const lf_dims *d, int training)
     FN(fwd_panels)(d, &pw, &pr, &pi, NULL, NULL, NULL);
     size_t n = LF_WORK_SLACK / sizeof(TYPE) + FN(panels_size)(&pw) + 2 * GH;
     if (FN(own_input_projection)(d, training)) n += FN(panels_size)(&pi);
+    if (FN(keeps_panels)(d, training)) {  /* the copies the panels were packed from */
+        n += (size_t)pw.ncols * pw.K;
+        if (FN(own_input_projection)(d, training)) n += (size_t)pi.ncols * pi.K;
+        if (lf_has_proj(d)) n += (size_t)pr.ncols * pr.K;
+    }
     if (d->cell == LF_GRU) n += B * GH + B * H;
     if (lf_has_proj(d)) n += B * H + FN(panels_size)(&pr);
     if (!training) n += (size_t)lf_chunk_steps(d) * B * GH;
@@ -223,6 +247,8 @@ typedef struct {
     int ldx, ldy, training, Tc;
     TYPE *bx, *bh, *gh, *m, *ghn, *gbuf;
     FN(panels) pw, pr, pi;
+    TYPE *cw, *cr, *ci;   /* copies of the weights the panels hold, or NULL */
+    int reuse;            /* the panels and copies are from an earlier call */
     lf_team team;
 } FN(fwd_ctx);
 
@@ -237,13 +263,13 @@ static void FN(fwd_worker)(void *arg, int tid)
 
     int p0, p1, q0 = 0, q1 = 0, u0, u1, v0, v1;
     lf_split(c->pw.npanels, nt, tid, &p0, &p1);
-    if (c->pw.data) FN(pack)(&c->pw, p0, p1);
-    if (c->pi.data) FN(pack)(&c->pi, p0, p1);
+    if (c->pw.data) FN(pack_cached)(&c->pw, c->cw, p0, p1, c->reuse);
+    if (c->pi.data) FN(pack_cached)(&c->pi, c->ci, p0, p1, c->reuse);
     FN(panel_units)(&c->pw, p0, p1, &u0, &u1);       /* this thread's hidden units */
     v0 = u0; v1 = u1;                                /* and its units of h */
     if (proj) {
         lf_split(c->pr.npanels, nt, tid, &q0, &q1);
-        if (c->pr.data) FN(pack)(&c->pr, q0, q1);
+        if (c->pr.data) FN(pack_cached)(&c->pr, c->cr, q0, q1, c->reuse);
         FN(panel_units)(&c->pr, q0, q1, &v0, &v1);
     }
     lf_barrier_wait(&c->team);
@@ -334,7 +360,7 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
                    const TYPE *b_ih, const TYPE *b_hh, const TYPE *w_hr,
                    const TYPE *h0, const TYPE *c0,
                    TYPE *y, int ldy, TYPE *h_n, TYPE *c_n,
-                   TYPE *gates, TYPE *aux, TYPE *work)
+                   TYPE *gates, TYPE *aux, TYPE *work, int work_reused)
 {
     if (!lf_dims_valid(d) || !x || !w_ih || !w_hh || !h0 || !y || !h_n || !work)
         return LF_EARG;
@@ -353,11 +379,21 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     c.Tc = training ? d->seq_len : lf_chunk_steps(d);
     FN(fwd_panels)(d, &c.pw, &c.pr, &c.pi, w_hh, w_hr, w_ih);
     TYPE *w = (TYPE *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-    const int packed = FN(use_panels)(d);
+    /* the header says which packed weights the buffer holds; cleared while this call
+     * may overwrite them */
+    unsigned *header = (unsigned *)w;
+    const unsigned signature = FN(panels_signature)(d, training);
+    c.reuse = work_reused && signature && header[0] == signature;
+    header[0] = 0;
+    w += LF_WORK_HEADER / sizeof(TYPE);
+    const int packed = FN(use_panels)(d), keep = FN(keeps_panels)(d, training);
     c.pw.data = packed ? FN(take)(&w, FN(panels_size)(&c.pw)) : NULL;
     c.pi.data = FN(own_input_projection)(d, training) ? FN(take)(&w, FN(panels_size)(&c.pi))
                                                        : NULL;
     c.pr.data = packed && w_hr ? FN(take)(&w, FN(panels_size)(&c.pr)) : NULL;
+    c.cw = keep ? FN(take)(&w, (size_t)c.pw.ncols * c.pw.K) : NULL;
+    c.ci = keep && c.pi.data ? FN(take)(&w, (size_t)c.pi.ncols * c.pi.K) : NULL;
+    c.cr = keep && c.pr.data ? FN(take)(&w, (size_t)c.pr.ncols * c.pr.K) : NULL;
     c.bx = FN(take)(&w, GH);
     c.bh = FN(take)(&w, GH);
     c.gh = gru ? FN(take)(&w, (size_t)B * GH) : NULL;
@@ -369,6 +405,7 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     lf_blas_single_enter(bl);
     lf_team_run(&c.team, packed ? lf_team_size(d, c.pw.npanels) : 1, FN(fwd_worker), &c);
     lf_blas_single_leave(bl);
+    header[0] = signature;
     return LF_OK;
 }
 

@@ -233,15 +233,17 @@ def run_case(problem, mode, impls, threads, repeat, gemm, pause=PAUSE, min_sampl
         peer = cls()
         peer.setup(problem, mode, threads)
         fn = peer.infer if mode == "infer" else peer.train_step
-        t0 = time.perf_counter()
         try:
             row["check"] = verify(peer, problem, mode)   # also the warm-up call
         except PeerMismatch as e:
             row.update(status="DISAGREES", note=str(e))
             peer.close()
             continue
-        # Short calls are repeated within a sample; the warm-up's time is a close enough
-        # (slightly high) estimate of one call.
+        # Short calls are repeated within a sample. The first call is no estimate of the
+        # next ones (it allocates, packs, warms caches: up to 10x longer at small shapes,
+        # which made every sample a single cold call), so time a second one.
+        t0 = time.perf_counter()
+        fn()
         n = max(1, int(np.ceil(min_sample / max(time.perf_counter() - t0, 1e-6))))
         row["calls_per_sample"] = n
         live.append((row, peer, fn, n))

@@ -1,0 +1,80 @@
+"""Layers keep their kernel work buffer between calls, and in eval mode the packed
+weights in it: every later call must still see the weights as they are now."""
+import numpy as np
+import pytest
+
+import lstmfast
+
+SHAPES = dict(I=24, H=40, T=7, B=3)
+
+
+def _layer(kind, proj, dtype, seed=0):
+    kw = dict(proj_size=proj) if proj else {}
+    cls = {"lstm": lstmfast.LSTM, "gru": lstmfast.GRU, "rnn": lstmfast.RNN}[kind]
+    return cls(SHAPES["I"], SHAPES["H"], num_layers=2, bidirectional=True, dtype=dtype,
+               seed=seed, **kw)
+
+
+def _fresh_output(m, x, **kw):
+    """The output of a new layer with m's current weights (no kept buffers)."""
+    twin = type(m)(m.input_size, m.hidden_size, **_ctor_args(m))
+    twin.load_state_dict({k: v.copy() for k, v in m.state_dict().items()})
+    twin.eval()
+    return twin(x, **kw)[0]
+
+
+def _ctor_args(m):
+    args = dict(num_layers=m.num_layers, bidirectional=m.bidirectional, dtype=m.dtype)
+    if m.proj_size:
+        args["proj_size"] = m.proj_size
+    return args
+
+
+CASES = [("lstm", 0), ("lstm", 17), ("gru", 0), ("rnn", 0)]
+
+
+@pytest.mark.parametrize("kind,proj", CASES, ids=[f"{k}-proj{p}" for k, p in CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_weight_changes_are_seen(kind, proj, dtype):
+    rng = np.random.default_rng(1)
+    m = _layer(kind, proj, dtype).eval()
+    x = rng.standard_normal((SHAPES["T"], SHAPES["B"], SHAPES["I"])).astype(dtype)
+    m(x)
+    for name in sorted(m.params):
+        if not name.startswith("weight"):
+            continue
+        w = m.params[name]
+        # one element anywhere, and the last one (an edge of the packed panels)
+        w.flat[rng.integers(w.size)] += dtype(0.5)
+        w.flat[-1] = -w.flat[-1]
+        got = m(x)[0]
+        np.testing.assert_array_equal(got, _fresh_output(m, x), err_msg=name)
+    m.params["weight_hh_l1_reverse"][...] = 0.0  # a whole matrix at once
+    np.testing.assert_array_equal(m(x)[0], _fresh_output(m, x))
+
+
+def test_buffers_survive_any_sequence_of_calls():
+    """Steps of one, training, eval, other batch sizes, lengths and thread counts in
+    between: each call's output equals a new layer's."""
+    rng = np.random.default_rng(2)
+    m = _layer("lstm", 0, np.float64)
+    I = SHAPES["I"]
+    calls = [(True, 5, 3, None, 2), (False, 5, 3, None, 2), (False, 1, 3, None, 1),
+             (False, 6, 2, [6, 2], 2), (True, 1, 4, None, 2), (False, 9, 4, None, 1),
+             (False, 9, 4, None, 2)]
+    for training, T, B, lengths, threads in calls:
+        lstmfast.set_num_threads(threads)
+        try:
+            x = rng.standard_normal((T, B, I))
+            kw = {} if lengths is None else dict(lengths=lengths)
+            m.train(training)
+            got = m(x, **kw)[0]
+            if training:
+                m.backward(np.ones_like(got))
+                for p, g in zip(m.params.values(), m.grads.values()):
+                    p -= 0.1 * g  # an optimizer step, in place
+                m.zero_grad()
+                continue
+            np.testing.assert_array_equal(got, _fresh_output(m, x, **kw))
+        finally:
+            lstmfast.set_num_threads(None)
