@@ -1,6 +1,7 @@
 /* Instantiates the recurrence driver, the packed per-step GEMM and the cells for float
  * and double from one template each (recurrence.template.h, panel.template.h,
  * cells.template.h), plus the dtype-free helpers: shapes, lengths, threads. */
+#define _GNU_SOURCE  /* sched_getcpu, pthread_attr_setaffinity_np */
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
@@ -159,11 +160,27 @@ static void lf_team_run(lf_team *tm, int want, void (*fn)(void *, int), void *ct
     int created = 0;
     tm->count = tm->gen = tm->go = 0;
     tm->n = 1;
+    /* The helpers may run anywhere but on the caller's core. Left to itself the
+     * scheduler often starts a new thread on its creator's core (measured: in about half
+     * of the calls after the process had been idle), where the two then take turns
+     * spinning at every barrier and the call takes longer than on one thread. */
+    pthread_attr_t attr;
+    pthread_attr_t *pattr = NULL;
+    cpu_set_t cpus;
+    const int here = sched_getcpu();
+    if (want > 1 && here >= 0 && here < CPU_SETSIZE &&
+        sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_ISSET(here, &cpus) &&
+        CPU_COUNT(&cpus) > 1 && pthread_attr_init(&attr) == 0) {
+        CPU_CLR(here, &cpus);
+        if (pthread_attr_setaffinity_np(&attr, sizeof cpus, &cpus) == 0) pattr = &attr;
+        else pthread_attr_destroy(&attr);
+    }
     for (int i = 1; i < want && i < LF_MAX_THREADS; i++) {
         jobs[i].fn = fn; jobs[i].ctx = ctx; jobs[i].team = tm; jobs[i].tid = i;
-        if (pthread_create(&th[i], NULL, lf_thread_main, &jobs[i]) != 0) break;
+        if (pthread_create(&th[i], pattr, lf_thread_main, &jobs[i]) != 0) break;
         created++;
     }
+    if (pattr) pthread_attr_destroy(pattr);
     tm->n = created + 1;
     __atomic_store_n(&tm->go, 1, __ATOMIC_RELEASE);
     fn(ctx, 0);
