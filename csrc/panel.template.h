@@ -176,12 +176,13 @@ static void FN(pack_cached)(FN(panels) *pk, TYPE *copy, int p0, int p1, int reus
         }
 }
 
-/* One MR x NV tile of out, computed in registers and stored (added) through colmap.
+/* One MR x NV tile of out, computed in registers and stored (added) at the panel's
+ * output columns cols[v] (ns[v] of them valid).
  * Instantiated for each (MR, NV) with exact array sizes so that gcc keeps acc and wv in
  * vector registers. */
 #define LF_TILE(MR, NV)                                                                 \
     static inline __attribute__((always_inline)) void FN(tile_##MR##x##NV)(            \
-        const FN(panels) *pk, int p, const TYPE *pan, int K1, const TYPE *A1, int lda1,  \
+        const int *cols, const int *ns, const TYPE *pan, int K1, const TYPE *A1, int lda1, \
         int K2, const TYPE *A2, int lda2, TYPE *out, int ldo, int accumulate)            \
     {                                                                                   \
         const FN(vec) ones = (FN(vec)){0} + 1;                                          \
@@ -225,7 +226,7 @@ static void FN(pack_cached)(FN(panels) *pk, TYPE *copy, int p0, int p1, int reus
             for (int i = 0; i < MR; i++)                                                \
                 for (int v = 0; v < NV; v++) acc[i][v] += acc2[i][v];                   \
         for (int v = 0; v < NV; v++) {                                                  \
-            int n, col = FN(colmap)(pk, p, v, &n);                                      \
+            const int n = ns[v], col = cols[v];                                         \
             for (int i = 0; i < MR; i++) {                                              \
                 TYPE *o = out + (size_t)i * ldo + col;                                  \
                 if (n == VL) {                                                          \
@@ -252,7 +253,7 @@ LF_TILE(1, 4) LF_TILE(2, 4) LF_TILE(3, 4)
 
 #define LF_TILE_CASE(mr, nv)                                                           \
     case (mr) * 8 + (nv):                                                              \
-        FN(tile_##mr##x##nv)(pk, p, pan + (size_t)kb * NV * VL, k1, A1 + (size_t)r * lda1 + kb, \
+        FN(tile_##mr##x##nv)(cols, ns, pan + (size_t)kb * NV * VL, k1, A1 + (size_t)r * lda1 + kb, \
                              lda1, k2, A2 ? A2 + (size_t)r * lda2 + b2 : NULL, lda2,   \
                              out + (size_t)r * ldo, ldo, acc);                         \
         break;
@@ -275,6 +276,8 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
     for (int rc = 0; rc < rows; rc += chunk)
     for (int p = p0; p < p1; p++) {
         const TYPE *pan = pk->data + (size_t)p * K * NV * VL;
+        int cols[8], ns[8];  /* where the panel's vectors go (NV <= 8) */
+        for (int v = 0; v < NV; v++) cols[v] = FN(colmap)(pk, p, v, &ns[v]);
         const int rend = rows - rc < chunk ? rows : rc + chunk;
         for (int kb = 0; kb < K || kb == 0; kb += KC) {
             const int ke = K - kb < KC ? K : kb + KC;
