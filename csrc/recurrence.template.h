@@ -401,9 +401,12 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     c.gbuf = training ? gates : FN(take)(&w, (size_t)c.Tc * B * GH);
     FN(prepare_bias)(d, b_ih, b_hh, c.bx, c.bh);
     if (lstm && !training) memcpy(c_n, c0, (size_t)B * H * sizeof(TYPE));
-    lf_blas_single_enter(bl);
+    /* with our own input projection and panels no BLAS runs: leave its pool alone
+     * (changing its size wakes its threads, which then spin beside ours) */
+    const int blas = !c.pi.data;
+    if (blas) lf_blas_single_enter(bl);
     lf_team_run(&c.team, packed ? lf_team_size(d, c.pw.npanels) : 1, FN(fwd_worker), &c);
-    lf_blas_single_leave(bl);
+    if (blas) lf_blas_single_leave(bl);
     header[0] = signature;
     return LF_OK;
 }
