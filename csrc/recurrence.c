@@ -135,6 +135,13 @@ static void lf_barrier_wait(lf_team *tm)
     }
 }
 
+/* A counter alone on its cache line: threads taking work from it do not slow down
+ * the owners of its neighbours. */
+typedef struct {
+    int n;
+    char pad[60];
+} lf_counter;
+
 typedef struct {
     void (*fn)(void *, int);
     void *ctx;

@@ -249,6 +249,7 @@ typedef struct {
     TYPE *cw, *cr, *ci;   /* copies of the weights the panels hold, or NULL */
     int reuse;            /* the panels and copies are from an earlier call */
     lf_team team;
+    lf_counter next[2][LF_MAX_THREADS];  /* per step parity: each thread's next chunk */
 } FN(fwd_ctx);
 
 static void FN(fwd_worker)(void *arg, int tid)
@@ -260,13 +261,11 @@ static void FN(fwd_worker)(void *arg, int tid)
     const int lstm = cell == LF_LSTM, gru = cell == LF_GRU, proj = c->w_hr != NULL;
     const int ldx = c->ldx, ldy = c->ldy, Tc = c->Tc;
 
-    int p0, p1, q0 = 0, q1 = 0, u0, u1, v0, v1;
+    int p0, p1, q0 = 0, q1 = 0, v0 = 0, v1 = 0;
     lf_split(c->pw.npanels, nt, tid, &p0, &p1);
     if (c->pw.data) FN(pack_cached)(&c->pw, c->cw, p0, p1, c->reuse);
     if (c->pi.data) FN(pack_cached)(&c->pi, c->ci, p0, p1, c->reuse);
-    FN(panel_units)(&c->pw, p0, p1, &u0, &u1);       /* this thread's hidden units */
-    v0 = u0; v1 = u1;                                /* and its units of h */
-    if (proj) {
+    if (proj) {  /* this thread's units of the projected h */
         lf_split(c->pr.npanels, nt, tid, &q0, &q1);
         if (c->pr.data) FN(pack_cached)(&c->pr, c->cr, q0, q1, c->reuse);
         FN(panel_units)(&c->pr, q0, q1, &v0, &v1);
@@ -275,20 +274,26 @@ static void FN(fwd_worker)(void *arg, int tid)
 
     ptrdiff_t off = lf_first_offset(d);
     ptrdiff_t chunk0 = 0;  /* packed row where gbuf starts */
+    ptrdiff_t rows = 0;    /* rows of gbuf */
+    /* The step's panels go a few at a time (the gates just computed are still in cache
+     * for the pointwise step), in chunks handed out from per-thread counters: each
+     * thread takes its own chunks (the same every step, so its panels stay in its
+     * cache), then any another thread has not yet started. A thread held up (the
+     * machine is shared) no longer holds up the step; every chunk is computed by one
+     * thread the same way, so the results do not depend on who does what. */
+    const int per = c->pw.data ? 4 : c->pw.npanels;
+    const int nchunks = (c->pw.npanels + per - 1) / per;
     for (int s = 0; s < T; s++) {
         const int t = d->reverse ? T - 1 - s : s;
         const int nb = lf_active(d, t);
-        if (s % Tc == 0) {
+        const int project = s % Tc == 0;
+        if (project) {
             /* the packed rows of steps s .. s+Tc-1 are contiguous in either direction */
             const int steps = T - s < Tc ? T - s : Tc;
-            ptrdiff_t rows = 0;
+            rows = 0;
             for (int k = 0; k < steps; k++) rows += lf_active(d, d->reverse ? t - k : t + k);
             chunk0 = d->reverse ? off + nb - rows : off;
-            if (c->pi.data) {
-                /* this thread's units only, which only this thread reads: no barrier */
-                FN(panel_gemm)(&c->pi, p0, p1, (int)rows, I, c->x + chunk0 * ldx, ldx, NULL, 0,
-                               c->gbuf, GH, 0);
-            } else {
+            if (!c->pi.data) {
                 int r0, r1;
                 lf_split((int)rows, nt, tid, &r0, &r1);
                 FN(gemm)(c->bl, 0, 1, r1 - r0, GH, I, 1, c->x + (chunk0 + r0) * ldx, ldx,
@@ -309,46 +314,61 @@ static void FN(fwd_worker)(void *arg, int tid)
         TYPE *auxt = c->training ? c->aux + off * lf_aux_size(cell, H) : (lstm ? c->c_n : c->ghn);
         const TYPE *cprev = c->training ? c->aux + offprev * H : c->c_n;
         const TYPE *cprev_new = c->training ? c->c0 : c->c_n;
-
-        /* panels a few at a time: the gates just computed are still in cache for the
-         * pointwise step */
-        const int chunk = c->pw.data ? 4 : p1 - p0;
-        for (int pc = p0; pc < p1; pc += chunk) {
-            const int pe = pc + chunk < p1 ? pc + chunk : p1;
-            int a0, a1;
-            FN(panel_units)(&c->pw, pc, pe, &a0, &a1);
-            FN(step_gemm)(c->bl, &c->pw, pc, pe, carried, P, hp, ldy, NULL, 0, rec, GH, !gru);
-            FN(step_gemm)(c->bl, &c->pw, pc, pe, nb - carried, P, c->h0 + (size_t)carried * P,
-                          P, NULL, 0, rec + (size_t)carried * GH, GH, !gru);
-            for (int part = 0; part < 2; part++) {
-                const int r0 = part ? carried : 0, r1 = part ? nb : carried;
-                if (r1 <= r0) continue;
-                FN(fwd_step) a;
-                a.rows = r1 - r0; a.H = H; a.u0 = a0; a.u1 = a1;
-                a.g = g + (size_t)r0 * GH;
-                a.gh = c->gh + (size_t)r0 * GH;
-                a.bx = c->bx; a.bh = c->bh;
-                a.h_prev = part ? c->h0 + (size_t)r0 * P : hp + (size_t)r0 * ldy;
-                a.ld_hp = part ? P : ldy;
-                a.c_prev = lstm ? (part ? cprev_new : cprev) + (size_t)r0 * H : NULL;
-                a.aux = lf_aux_size(cell, H) ? auxt + (size_t)r0 * H : NULL;
-                a.h = hout + (size_t)r0 * ldhout; a.ld_h = ldhout;
-                FN(cell_fwd)[cell](&a);
-            }
-        }
-        if (proj) {
-            lf_barrier_wait(&c->team);
-            FN(step_gemm)(c->bl, &c->pr, q0, q1, nb, H, c->m, H, NULL, 0, yt, ldy, 0);
-        }
-
         /* rows whose sequence ends here: forward direction, length t+1; reverse, all at t=0 */
         const int nb_next = s + 1 < T ? lf_active(d, d->reverse ? t - 1 : t + 1) : 0;
         const int end0 = nb_next < nb ? nb_next : nb;
-        FN(copy_cols)(nb - end0, v0, v1, yt + (size_t)end0 * ldy, ldy,
-                      c->h_n + (size_t)end0 * P, P);
-        if (lstm && c->training)
-            FN(copy_cols)(nb - end0, u0, u1, auxt + (size_t)end0 * H, H,
-                          c->c_n + (size_t)end0 * H, H);
+
+        for (int i = 0; i < nt; i++) {
+            const int owner = (tid + i) % nt;
+            int k0, k1;
+            lf_split(nchunks, nt, owner, &k0, &k1);
+            for (;;) {
+                const int k = k0 + __atomic_fetch_add(&c->next[s & 1][owner].n, 1,
+                                                      __ATOMIC_RELAXED);
+                if (k >= k1) break;
+                const int pc = k * per, pe = pc + per < c->pw.npanels ? pc + per
+                                                                       : c->pw.npanels;
+                int a0, a1;
+                FN(panel_units)(&c->pw, pc, pe, &a0, &a1);
+                if (project && c->pi.data)  /* the input's part of these units' gates */
+                    FN(panel_gemm)(&c->pi, pc, pe, (int)rows, I, c->x + chunk0 * ldx, ldx,
+                                   NULL, 0, c->gbuf, GH, 0);
+                FN(step_gemm)(c->bl, &c->pw, pc, pe, carried, P, hp, ldy, NULL, 0, rec, GH,
+                              !gru);
+                FN(step_gemm)(c->bl, &c->pw, pc, pe, nb - carried, P,
+                              c->h0 + (size_t)carried * P, P, NULL, 0,
+                              rec + (size_t)carried * GH, GH, !gru);
+                for (int part = 0; part < 2; part++) {
+                    const int r0 = part ? carried : 0, r1 = part ? nb : carried;
+                    if (r1 <= r0) continue;
+                    FN(fwd_step) a;
+                    a.rows = r1 - r0; a.H = H; a.u0 = a0; a.u1 = a1;
+                    a.g = g + (size_t)r0 * GH;
+                    a.gh = c->gh + (size_t)r0 * GH;
+                    a.bx = c->bx; a.bh = c->bh;
+                    a.h_prev = part ? c->h0 + (size_t)r0 * P : hp + (size_t)r0 * ldy;
+                    a.ld_hp = part ? P : ldy;
+                    a.c_prev = lstm ? (part ? cprev_new : cprev) + (size_t)r0 * H : NULL;
+                    a.aux = lf_aux_size(cell, H) ? auxt + (size_t)r0 * H : NULL;
+                    a.h = hout + (size_t)r0 * ldhout; a.ld_h = ldhout;
+                    FN(cell_fwd)[cell](&a);
+                }
+                if (!proj)
+                    FN(copy_cols)(nb - end0, a0, a1, yt + (size_t)end0 * ldy, ldy,
+                                  c->h_n + (size_t)end0 * P, P);
+                if (lstm && c->training)
+                    FN(copy_cols)(nb - end0, a0, a1, auxt + (size_t)end0 * H, H,
+                                  c->c_n + (size_t)end0 * H, H);
+            }
+        }
+        /* this thread's counter for step s+1: step s-1, its last user, is over */
+        c->next[(s + 1) & 1][tid].n = 0;
+        if (proj) {
+            lf_barrier_wait(&c->team);
+            FN(step_gemm)(c->bl, &c->pr, q0, q1, nb, H, c->m, H, NULL, 0, yt, ldy, 0);
+            FN(copy_cols)(nb - end0, v0, v1, yt + (size_t)end0 * ldy, ldy,
+                          c->h_n + (size_t)end0 * P, P);
+        }
         lf_barrier_wait(&c->team);
         off = lf_next_offset(d, t, nb, off);
     }
@@ -372,6 +392,7 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
         return LF_EARG;
 
     FN(fwd_ctx) c;
+    memset(c.next, 0, sizeof c.next);
     c.bl = bl; c.d = d; c.x = x; c.w_ih = w_ih; c.w_hh = w_hh; c.w_hr = w_hr;
     c.h0 = h0; c.c0 = c0; c.y = y; c.h_n = h_n; c.c_n = c_n; c.gates = gates; c.aux = aux;
     c.ldx = ldx; c.ldy = ldy; c.training = training;
