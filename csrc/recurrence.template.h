@@ -170,13 +170,17 @@ static void FN(step_gemm)(const lf_blas *bl, const FN(panels) *pk, int p0, int p
                  pk->w + (size_t)K1 * pk->ldw, pk->ldw, 1, out, ldo);
 }
 
-/* With a narrow input our tiles project it, each thread its own units (no barrier, no
- * per-thread packing of W_ih inside BLAS), in training as in inference. A wide W_ih
- * (several MB per thread) goes to BLAS, split by rows: measured with our tiles at
- * I = 1024 and 1536, 0.89-1.0x of BLAS's speed. */
-static int FN(own_input_projection)(const lf_dims *d)
+/* Our tiles project the input, each thread its own units (no barrier, no per-thread
+ * packing of W_ih inside BLAS), when it is narrow or there are few rows to project at a
+ * time: BLAS packs all of W_ih on every call, which a hundred rows do not pay for
+ * (measured at I = 1024, 25 x 4 rows: 1.16x faster with our tiles). Many rows of a wide
+ * input go to BLAS, split by rows, for its cache blocking (measured with our tiles at
+ * I = 1024 and 1536, 400-800 rows: 0.89-1.0x of BLAS's speed). */
+static int FN(own_input_projection)(const lf_dims *d, int training)
 {
-    return FN(use_panels)(d) && d->input_size <= 512;
+    const int steps = training || d->seq_len < lf_chunk_steps(d) ? d->seq_len
+                                                                   : lf_chunk_steps(d);
+    return FN(use_panels)(d) && (d->input_size <= 512 || (double)steps * d->batch <= 128);
 }
 
 /* Inference keeps its packed weights in the work buffer between calls (with the
@@ -192,7 +196,7 @@ static unsigned FN(panels_signature)(const lf_dims *d, int training)
     if (!FN(keeps_panels)(d, training)) return 0;
     unsigned h = 2166136261u;
     const int v[] = {d->cell, d->input_size, d->hidden_size, d->out_size, (int)sizeof(TYPE),
-                     FN(own_input_projection)(d)};
+                     FN(own_input_projection)(d, training)};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) h = (h ^ (unsigned)v[i]) * 16777619u;
     return h | 1;
 }
@@ -205,10 +209,10 @@ size_t FN(lf_forward_work_size)(const lf_dims *d, int training)
     FN(panels) pw, pr, pi;
     FN(fwd_panels)(d, &pw, &pr, &pi, NULL, NULL, NULL);
     size_t n = LF_WORK_SLACK / sizeof(TYPE) + FN(panels_size)(&pw) + 2 * GH;
-    if (FN(own_input_projection)(d)) n += FN(panels_size)(&pi);
+    if (FN(own_input_projection)(d, training)) n += FN(panels_size)(&pi);
     if (FN(keeps_panels)(d, training)) {  /* the copies the panels were packed from */
         n += (size_t)pw.ncols * pw.K;
-        if (FN(own_input_projection)(d)) n += (size_t)pi.ncols * pi.K;
+        if (FN(own_input_projection)(d, training)) n += (size_t)pi.ncols * pi.K;
         if (lf_has_proj(d)) n += (size_t)pr.ncols * pr.K;
     }
     if (d->cell == LF_GRU) n += B * GH + B * H;
@@ -408,7 +412,7 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     w += LF_WORK_HEADER / sizeof(TYPE);
     const int packed = FN(use_panels)(d), keep = FN(keeps_panels)(d, training);
     c.pw.data = packed ? FN(take)(&w, FN(panels_size)(&c.pw)) : NULL;
-    c.pi.data = FN(own_input_projection)(d) ? FN(take)(&w, FN(panels_size)(&c.pi))
+    c.pi.data = FN(own_input_projection)(d, training) ? FN(take)(&w, FN(panels_size)(&c.pi))
                                                        : NULL;
     c.pr.data = packed && w_hr ? FN(take)(&w, FN(panels_size)(&c.pr)) : NULL;
     c.cw = keep ? FN(take)(&w, (size_t)c.pw.ncols * c.pw.K) : NULL;

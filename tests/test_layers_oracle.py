@@ -118,13 +118,20 @@ def edge_case(name, mode):
         "wide": Case(mode, 1, True, T=2, B=2, I=33, H=20, proj_size=7, with_state=True),
         "no_bias": Case(mode, 2, True, T=4, B=3, I=3, H=3, lengths=(2, 4, 3),
                         with_state=True, bias=False),
+        # inputs wider than 512: many rows go to BLAS (split between threads when the
+        # step is big enough for two), a few to the kernel's own tiles
+        "wide_input_many_rows": Case(mode, 1, True, T=20, B=8, I=520, H=8, with_state=True),
+        "wide_input_threads": Case(mode, 1, False, T=32, B=32, I=520, H=64,
+                                   proj_size=40, with_state=True),
+        "wide_input_few_rows": Case(mode, 2, True, T=5, B=3, I=520, H=9,
+                                    lengths=(5, 2, 4), with_state=True),
     }
     return cases[name]
 
 
 EDGE_NAMES = ["T1_B1_I1_H1", "T1_lengths", "B1_lengths", "I1_H1_L3", "proj_1",
               "max_len_below_T_ties", "lengths_all_T", "lengths_ascending", "odd_sizes", "wide",
-              "no_bias"]
+              "no_bias", "wide_input_many_rows", "wide_input_threads", "wide_input_few_rows"]
 
 
 EDGE_PARAMS = [pytest.param(mode, name, id=f"{mode}-{name}")
