@@ -496,16 +496,20 @@ static void FN(bwd_worker)(void *arg, int tid)
         const TYPE *dyt = c->dy + off * lddy;
 
         /* dh becomes the total dL/dh_t: through the recurrence plus from the output */
-        double sq = 0;
         for (int r = 0; r < nb; r++) {
             TYPE *dhr = dh + (size_t)r * P;
             const TYPE *dyr = dyt + (size_t)r * lddy;
-            for (int j = v0; j < v1; j++) {
-                dhr[j] += dyr[j];
-                sq += (double)dhr[j] * dhr[j];
-            }
+            for (int j = v0; j < v1; j++) dhr[j] += dyr[j];
         }
-        c->norms_part[(size_t)tid * T + t] = sq;
+        if (c->dh_norms) {  /* a serial sum in double: only when asked for */
+            double sq = 0;
+            for (int r = 0; r < nb; r++)
+                for (int j = v0; j < v1; j++) {
+                    const double v = dh[(size_t)r * P + j];
+                    sq += v * v;
+                }
+            c->norms_part[(size_t)tid * T + t] = sq;
+        }
         TYPE *dhin = dh;
         int lddh = P;
         if (proj) {
