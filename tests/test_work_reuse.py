@@ -78,3 +78,26 @@ def test_buffers_survive_any_sequence_of_calls():
             np.testing.assert_array_equal(got, _fresh_output(m, x, **kw))
         finally:
             lstmfast.set_num_threads(None)
+
+
+def test_large_training_buffers_are_not_kept(monkeypatch):
+    """A training call's work buffer is kept only while small (the backward's holds every
+    h_{t-1}: keeping a large one would hold a second set of activations); inference
+    keeps its buffer, which holds the packed weights, whatever its size."""
+    from lstmfast import _kernels
+
+    def kept(m):
+        return {k[0] + ("-train" if k[1] is True else ""): len(v)
+                for k, v in m._scratch.items()}
+
+    x = np.ones((6, 2, 8))
+    m = lstmfast.LSTM(8, 16, dtype=np.float64)
+    y, _ = m(x)
+    m.backward(np.ones_like(y))
+    assert kept(m) == {"forward-train": 1, "backward": 1}
+    monkeypatch.setattr(_kernels, "KEEP_BYTES", 0)
+    m = lstmfast.LSTM(8, 16, dtype=np.float64)
+    y, _ = m(x)
+    m.backward(np.ones_like(y))
+    m.eval()(x)
+    assert kept(m) == {"forward-train": 0, "backward": 0, "forward": 1}

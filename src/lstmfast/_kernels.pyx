@@ -165,8 +165,15 @@ cdef object _take_work(list scratch, size_t n, object dtype, int *reused):
     return np.empty(n, dtype)
 
 
-cdef _give_work(list scratch, object work):
-    if scratch is not None and not scratch:
+# Above this, fresh memory's page faults are a small part of the call, and a kept buffer
+# (the backward's holds a copy of every h_{t-1}) would be a second set of activations.
+KEEP_BYTES = 32 << 20
+
+
+cdef _give_work(list scratch, object work, bint any_size):
+    """Keep work for the next call: always in inference (it holds the packed weights),
+    otherwise when it is small."""
+    if scratch is not None and not scratch and (any_size or work.nbytes <= KEEP_BYTES):
         scratch.append(work)
 
 
@@ -245,7 +252,7 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
                                 <double *>pg, <double *>pa, <double *>pw, reused)
     if rc != LF_OK:
         raise RuntimeError(f"lstmfast forward kernel rejected its arguments (code {rc})")
-    _give_work(scratch, work)
+    _give_work(scratch, work, not training)
     return h_n, c_n, ((gates, aux) if training else None)
 
 
@@ -347,5 +354,5 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
                                  <double *>pnorms, <double *>pw)
     if rc != LF_OK:
         raise RuntimeError(f"lstmfast backward kernel rejected its arguments (code {rc})")
-    _give_work(scratch, work)
+    _give_work(scratch, work, False)
     return dh0, dc0
