@@ -429,6 +429,20 @@ def test_two_threads_two_layers_bitwise_equal_serial():
                     assert np.array_equal(got, want)
 
 
+def test_one_eval_layer_shared_by_threads_bitwise_equal_serial():
+    """An eval layer keeps its work buffer (and packed weights) between calls; calls from
+    several threads at once must each get a buffer of their own (same shapes, so each
+    would fit the kept one; a shared buffer fails this test)."""
+    m = lstmfast.LSTM(24, 40, 2, bidirectional=True, seed=3).eval()
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((200, 6, 24)).astype(np.float32) for _ in range(4)]
+    serial = [m(x)[0] for x in xs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(5):
+            for got, want in zip(pool.map(lambda x: m(x)[0], xs), serial):
+                assert np.array_equal(got, want)
+
+
 # ---------------------------------------------------------------------------------------------
 # Numerical safety: huge inputs saturate, they do not overflow
 # ---------------------------------------------------------------------------------------------
