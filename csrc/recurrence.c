@@ -1,7 +1,7 @@
 /* Instantiates the recurrence driver, the packed per-step GEMM and the cells for float
  * and double from one template each (recurrence.template.h, panel.template.h,
  * cells.template.h), plus the dtype-free helpers: shapes, lengths, threads. */
-#define _GNU_SOURCE  /* sched_getcpu, pthread_attr_setaffinity_np */
+#define _GNU_SOURCE  /* Linux: sched_getcpu, pthread_attr_setaffinity_np */
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
@@ -173,6 +173,7 @@ static void lf_team_run(lf_team *tm, int want, void (*fn)(void *, int), void *ct
      * spinning at every barrier and the call takes longer than on one thread. */
     pthread_attr_t attr;
     pthread_attr_t *pattr = NULL;
+#ifdef __linux__
     cpu_set_t cpus;
     const int here = sched_getcpu();
     if (want > 1 && here >= 0 && here < CPU_SETSIZE &&
@@ -182,6 +183,7 @@ static void lf_team_run(lf_team *tm, int want, void (*fn)(void *, int), void *ct
         if (pthread_attr_setaffinity_np(&attr, sizeof cpus, &cpus) == 0) pattr = &attr;
         else pthread_attr_destroy(&attr);
     }
+#endif
     for (int i = 1; i < want && i < LF_MAX_THREADS; i++) {
         jobs[i].fn = fn; jobs[i].ctx = ctx; jobs[i].team = tm; jobs[i].tid = i;
         if (pthread_create(&th[i], pattr, lf_thread_main, &jobs[i]) != 0) break;
