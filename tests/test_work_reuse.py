@@ -101,3 +101,18 @@ def test_large_training_buffers_are_not_kept(monkeypatch):
     m.backward(np.ones_like(y))
     m.eval()(x)
     assert kept(m) == {"forward-train": 0, "backward": 0, "forward": 1}
+
+
+def test_copies_and_pickles_leave_the_buffers_out():
+    import copy
+    import pickle
+    rng = np.random.default_rng(5)
+    m = _layer("lstm", 0, np.float32).eval()
+    x = rng.standard_normal((SHAPES["T"], SHAPES["B"], SHAPES["I"])).astype(np.float32)
+    want = m(x)[0]
+    assert m._scratch
+    for twin in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert twin._scratch == {}
+        np.testing.assert_array_equal(twin(x)[0], want)
+        twin.params["weight_hh_l0"] *= 2  # the twin's weights are its own
+        np.testing.assert_array_equal(m(x)[0], want)

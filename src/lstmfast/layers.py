@@ -178,6 +178,13 @@ class _RNNBase(Module):
             shapes.append((LD, B, self.hidden_size))
         return shapes
 
+    def __getstate__(self):
+        # copies and pickles leave out the kernel work buffers (up to twice the weights
+        # in eval mode); the next call makes new ones
+        state = self.__dict__.copy()
+        state["_scratch"] = {}
+        return state
+
     def __repr__(self):
         args = [str(self.input_size), str(self.hidden_size)]
         if self.num_layers != 1:
