@@ -6,20 +6,24 @@
  * sorted non-increasing) at packed rows off(t) .. off(t)+nb(t); without lengths this
  * is the plain [T, B] layout. So x, y, gates and aux are [N, .] with N = sum(lengths).
  *
- * Forward: one GEMM for the input projection of all steps (BLAS); in inference, of a
- * chunk of steps at a time so that memory stays O(B*H), on packed W_ih with our own
- * tiles (each thread its own units); then per step the recurrent GEMM
- * h_{t-1} W_hh^T on W_hh packed once per call (panel.template.h), each panel followed at
- * once by the cell's pointwise step on the units it produced. The cache for backward is
- * the gate activations and the cell's aux rows (LSTM: c_t); h_t is y itself.
+ * Forward: the input projection of all steps at once (in inference, of a chunk of
+ * steps at a time so that memory stays O(B*H)), by our own tiles on packed W_ih for a
+ * narrow input or few rows, else by BLAS; then per step the recurrent GEMM
+ * h_{t-1} W_hh^T on packed W_hh (panel.template.h), each few panels followed at once by
+ * the cell's pointwise step on the units they produced. Inference keeps the packed
+ * weights in the work buffer between calls, checked against a copy of the weights. The
+ * cache for backward is the gate activations and the cell's aux rows (LSTM: c_t); h_t
+ * is y itself.
  * Backward: per step the pointwise step giving dG, then dh_{t-1} = dG W_hh on packed
  * panels; afterwards the weight gradients and dx as BLAS GEMMs over all N rows.
  *
- * Threads: the work of a step is split by hidden units (whole panels), one spin barrier
- * per step (two with a projection); the BLAS GEMMs are split by rows, each thread
- * calling BLAS held at one thread (blas.c), so no BLAS worker competes with ours for the
- * cores. Every output element is computed by one thread in a fixed order: results
- * depend on the thread count only through the BLAS row split.
+ * Threads: the work of a forward step goes in chunks of panels (hidden units), each
+ * thread taking its own chunks first and then any not yet started; the backward's is
+ * split by units. One spin barrier per step (two with a projection). The BLAS GEMMs
+ * are split by rows, each thread calling BLAS held at one thread (blas.c), so no BLAS
+ * worker competes with ours for the cores. Every output element is computed by one
+ * thread in a fixed order: results depend on the thread count only through the BLAS
+ * row split.
  */
 
 /* C[M, N] = A op(B) + beta C for a few rows of A, as dot products (B^T, M <= 16, four
