@@ -1,11 +1,12 @@
-/* The per-step GEMM: out[rows, cols] (+)= A[rows, K] W, with W packed once per call.
+/* The per-step GEMM: out[rows, cols] (+)= A[rows, K] W, with W packed once per call (or
+ * kept packed between inference calls: pack_cached).
  * Included once per dtype by recurrence.c (TYPE, FN() defined).
  *
  * Why not BLAS: the recurrent GEMM runs T times on a small A (the batch) against the
  * same W; OpenBLAS re-packs W on every call and stays single-threaded below ~262k
  * multiply-adds, which dominates at small batch. Here W is packed once into panels and a
- * register-blocked kernel streams it, each thread owning whole panels (output columns),
- * so the steps need no BLAS call and the threads share no output.
+ * register-blocked kernel streams it, each panel computed by one thread (whole output
+ * columns), so the steps need no BLAS call and the threads share no output.
  *
  * A panel holds NV vectors of VL columns for every k: [K][NV*VL], contiguous, zero
  * padded. Vector v of panel p lands at output column colmap(p, v):
