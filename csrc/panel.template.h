@@ -55,6 +55,18 @@ static inline void FN(panel_units)(const FN(panels) *pk, int p0, int p1, int *u0
     *u1 = p1 * per < total ? p1 * per : total;
 }
 
+/* cols[v], ns[v] = colmap(p, v) for every vector of panel p (NV <= 8); whether every
+ * vector is whole (ns[v] == VL). */
+static inline int FN(panel_cols)(const FN(panels) *pk, int p, int *cols, int *ns)
+{
+    int full = 1;
+    for (int v = 0; v < pk->NV; v++) {
+        cols[v] = FN(colmap)(pk, p, v, &ns[v]);
+        full &= ns[v] == VL;
+    }
+    return full;
+}
+
 /* Panels of NV vectors over K for G gates of H units (G > 0) or ncols plain columns,
  * to be packed from w (see FN(panels)). */
 static void FN(panels_init)(FN(panels) *pk, int K, int NV, int G, int H, int ncols,
@@ -118,11 +130,8 @@ LF_CLONES static void FN(pack)(FN(panels) *pk, int p0, int p1)
     const TYPE *w = pk->w;
     for (int p = p0; p < p1; p++) {
         TYPE *dst = pk->data + (size_t)p * K * ldd;
-        int n[8], col[8], full = 1;  /* NV <= 8 */
-        for (int v = 0; v < NV; v++) {
-            col[v] = FN(colmap)(pk, p, v, &n[v]);
-            full &= n[v] == VL;
-        }
+        int n[8], col[8];
+        const int full = FN(panel_cols)(pk, p, col, n);
         int k = 0;
         if (full && trans_w) {
             /* a block of VL rows of dst at a time: whole cache lines written once */
@@ -277,8 +286,8 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
     for (int rc = 0; rc < rows; rc += chunk)
     for (int p = p0; p < p1; p++) {
         const TYPE *pan = pk->data + (size_t)p * K * NV * VL;
-        int cols[8], ns[8];  /* where the panel's vectors go (NV <= 8) */
-        for (int v = 0; v < NV; v++) cols[v] = FN(colmap)(pk, p, v, &ns[v]);
+        int cols[8], ns[8];  /* where the panel's vectors go */
+        FN(panel_cols)(pk, p, cols, ns);
         const int rend = rows - rc < chunk ? rows : rc + chunk;
         for (int kb = 0; kb < K || kb == 0; kb += KC) {
             const int ke = K - kb < KC ? K : kb + KC;

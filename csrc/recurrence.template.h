@@ -182,8 +182,7 @@ static void FN(step_gemm)(const lf_blas *bl, const FN(panels) *pk, int p0, int p
  * I = 1024 and 1536, 400-800 rows: 0.89-1.0x of BLAS's speed). */
 static int FN(own_input_projection)(const lf_dims *d, int training)
 {
-    const int steps = training || d->seq_len < lf_chunk_steps(d) ? d->seq_len
-                                                                   : lf_chunk_steps(d);
+    const int steps = training ? d->seq_len : lf_chunk_steps(d);  /* rows per pass / B */
     return FN(use_panels)(d) && (d->input_size <= 512 || (double)steps * d->batch <= 128);
 }
 
