@@ -53,7 +53,17 @@ enum { LF_OK = 0, LF_EARG = -1 };
 typedef struct {
     int cell, seq_len, batch, input_size, hidden_size, out_size, reverse, threads;
     const int *lengths;
+    struct lf_pool *pool;  /* helper threads kept between calls, or NULL: started per call */
 } lf_dims;
+
+/* Helper threads that sleep between kernel calls, for one caller at a time: a layer
+ * keeps one, so that its calls wake threads (~15 us) instead of starting them (70-900
+ * us, measured). They are started as calls need them and stopped by lf_pool_free; in a
+ * forked child the parent's helpers do not exist and new ones are started. NULL when
+ * out of memory. */
+typedef struct lf_pool lf_pool;
+lf_pool *lf_pool_new(void);
+void lf_pool_free(lf_pool *pool);
 
 /* Gates per cell, and the size of the per-step extra cache (LSTM: c_t, GRU: the
  * recurrent part of n, RNN: none) in elements per row. */

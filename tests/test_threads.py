@@ -1,4 +1,8 @@
 """Thread-count control: results agree across thread counts and are deterministic."""
+import gc
+import multiprocessing
+import os
+
 import numpy as np
 import pytest
 
@@ -57,3 +61,61 @@ def test_set_num_threads_validates(restore_threads):
     assert lstmfast.get_num_threads() == 3
     lstmfast.set_num_threads(None)
     assert lstmfast.get_num_threads() >= 1
+
+
+def _team_layer():
+    """An eval layer and input large enough for a team of threads (see _run)."""
+    rng = np.random.default_rng(3)
+    layer = lstmfast.LSTM(24, 80, seed=2).eval()
+    return layer, rng.standard_normal((30, 12, 24))
+
+
+def _os_threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_helper_threads_are_kept_and_stopped(restore_threads):
+    """A layer wakes the same helper threads on every call (none started per call, none
+    left running when it is gone), growing its team when allowed more threads."""
+    lstmfast.set_num_threads(1)
+    layer, x = _team_layer()
+    want = layer(x)[0]
+    before = _os_threads()
+    for threads, helpers in ((2, 1), (2, 1), (3, 2), (2, 2)):
+        lstmfast.set_num_threads(threads)
+        np.testing.assert_array_equal(layer(x)[0], want)
+        assert _os_threads() == before + helpers
+    layer.train()
+    y, _ = layer(x)
+    layer.backward(np.ones_like(y))
+    assert _os_threads() == before + 2  # training uses the same helpers
+    del layer
+    gc.collect()
+    assert _os_threads() == before
+
+
+def _child_output(layer, x, conn):
+    conn.send(layer(x)[0])
+    conn.close()
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs fork")
+def test_forked_child_starts_its_own_helpers(restore_threads):
+    """A fork copies the layer but not its helper threads: the child must start its own,
+    not wait for the parent's."""
+    lstmfast.set_num_threads(2)
+    layer, x = _team_layer()
+    want = layer(x)[0]
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_output, args=(layer, x, child))
+    proc.start()
+    got = parent.recv() if parent.poll(60) else None
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+    assert got is not None, "the forked child did not finish its forward"
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(layer(x)[0], want)  # the parent's helpers still work

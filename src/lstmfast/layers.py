@@ -135,7 +135,8 @@ class _RNNBase(Module):
         self._cache = None
         self._carry = None
         # Kernel work buffers kept between calls, one per (pass, layer*direction): fresh
-        # memory costs page faults on every call.
+        # memory costs page faults on every call. "pools": the helper threads the
+        # kernels wake instead of starting threads on every call.
         self._scratch = {}
         # Gradient-flow diagnostic: when set, backward() leaves ||dL/dh_t|| (over the batch)
         # for every layer*direction and step t in grad_norms [num_layers*D, T].
@@ -336,7 +337,8 @@ class _RNNBase(Module):
                     w.get("bias_hh"), w.get("weight_hr"), init[0][i],
                     init[1][i] if self._has_cell_state else None, pack.T, pack.lengths,
                     d == 1, training, y, d * P, get_num_threads(),
-                    self._scratch.setdefault(("forward", training, i), []))
+                    self._scratch.setdefault(("forward", training, i), []),
+                    self._scratch.setdefault("pools", []))
                 finals[0][i] = h_n
                 if self._has_cell_state:
                     finals[1][i] = c_n
@@ -409,7 +411,8 @@ class _RNNBase(Module):
                     dfinal[1][i] if self._has_cell_state else None, dx, d == 1,
                     g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
                     g.get("weight_hr"), None if norms is None else norms[i],
-                    get_num_threads(), self._scratch.setdefault(("backward", i), []))
+                    get_num_threads(), self._scratch.setdefault(("backward", i), []),
+                    self._scratch.setdefault("pools", []))
                 dinit[0][i] = dh0
                 if self._has_cell_state:
                     dinit[1][i] = dc0
