@@ -9,11 +9,13 @@
  * columns), so the steps need no BLAS call and the threads share no output.
  *
  * A panel holds NV vectors of VL columns for every k: [K][NV*VL], contiguous, zero
- * padded. Vector v of panel p lands at output column colmap(p, v):
- *   gate-interleaved (forward, W_hh [G*H, P] as W^T): vector v is gate v % G of the
- *   unit block p*(NV/G) + v/G, so one panel carries every gate of its units and the
- *   cell's pointwise step can follow on exactly the units just computed;
- *   plain (backward, projection): vector v is column block p*NV + v.
+ * padded. The vectors of all panels in order, gv = p*NV + v, are the column blocks:
+ *   gate-interleaved (forward, W_hh [G*H, P] as W^T): gv is gate gv % G of the unit
+ *   block gv / G (units VL*(gv/G) ..), so consecutive panels carry every gate of their
+ *   units and the cell's pointwise step can follow on exactly the units just computed
+ *   (a range of panels covers whole unit blocks when it starts and ends on a multiple
+ *   of G vectors);
+ *   plain (backward, projection): gv is column block gv.
  * A may come in two segments along K (rows of W 0..K1 from A1, K1..K from A2): the
  * GRU's recurrent gradient is dG on the r, z columns but lives apart for n.
  */
@@ -33,26 +35,19 @@ typedef struct {
 /* Output columns [col, col+n) of vector v of panel p (n < VL only at the edge). */
 static inline int FN(colmap)(const FN(panels) *pk, int p, int v, int *n)
 {
-    int units, col;
-    if (pk->G) {
-        int u0 = (p * (pk->NV / pk->G) + v / pk->G) * VL;
-        units = pk->H - u0;
-        col = (v % pk->G) * pk->H + u0;
-    } else {
-        col = (p * pk->NV + v) * VL;
-        units = pk->ncols - col;  /* plain: ncols are the units */
-    }
+    const int gv = p * pk->NV + v, G = pk->G ? pk->G : 1;
+    const int u0 = gv / G * VL, units = (pk->G ? pk->H : pk->ncols) - u0;
     *n = units < 0 ? 0 : units > VL ? VL : units;
-    return col;
+    return (gv % G) * pk->H + u0;
 }
 
-/* Units (output columns per gate) covered by panels [p0, p1). */
+/* Units (output columns per gate) of the unit blocks that panels [p0, p1) touch. */
 static inline void FN(panel_units)(const FN(panels) *pk, int p0, int p1, int *u0, int *u1)
 {
-    int per = pk->G ? (pk->NV / pk->G) * VL : pk->NV * VL;
-    int total = pk->G ? pk->H : pk->ncols;
-    *u0 = p0 * per < total ? p0 * per : total;
-    *u1 = p1 * per < total ? p1 * per : total;
+    const int G = pk->G ? pk->G : 1, total = pk->G ? pk->H : pk->ncols;
+    const int b0 = p0 * pk->NV / G, b1 = (p1 * pk->NV + G - 1) / G;
+    *u0 = b0 * VL < total ? b0 * VL : total;
+    *u1 = b1 * VL < total ? b1 * VL : total;
 }
 
 /* cols[v], ns[v] = colmap(p, v) for every vector of panel p (NV <= 8); whether every
@@ -75,8 +70,8 @@ static void FN(panels_init)(FN(panels) *pk, int K, int NV, int G, int H, int nco
     pk->data = NULL; pk->K = K; pk->NV = NV; pk->G = G; pk->H = H;
     pk->ncols = G ? G * H : ncols;
     pk->w = w; pk->ldw = ldw; pk->trans_w = trans_w;
-    const int per = G ? (NV / G) * VL : NV * VL, total = G ? H : ncols;
-    pk->npanels = (total + per - 1) / per;
+    const int total = G ? H : ncols, vectors = (total + VL - 1) / VL * (G ? G : 1);
+    pk->npanels = (vectors + NV - 1) / NV;
 }
 
 static size_t FN(panels_size)(const FN(panels) *pk)
