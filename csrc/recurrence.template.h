@@ -131,12 +131,10 @@ static void FN(fwd_panels)(const lf_dims *d, FN(panels) *pw, FN(panels) *pr,
 {
     const int G = lf_num_gates(d->cell), H = d->hidden_size, P = d->out_size;
     const int I = d->input_size;
-    /* two vectors per panel: 6 x 2 tiles keep more of the FMA units busy than 3 x 4
-     * (measured: 91-92 against 83-85 GFLOP/s on one core at H = 512, 16-64 rows) */
-    FN(panels_init)(pw, P, 2, G, H, 0, w_hh, P, 1);               /* g += h W_hh^T */
-    FN(panels_init)(pr, H, 3, 0, 0, P, w_hr, H, 1);               /* y = m W_hr^T */
+    FN(panels_init)(pw, P, G, H, 0, w_hh, P, 1);      /* g += h W_hh^T */
+    FN(panels_init)(pr, H, 0, 0, P, w_hr, H, 1);      /* y = m W_hr^T */
     /* g = x W_ih^T in W_hh's layout: each thread projects the input for its own units */
-    FN(panels_init)(pi, I, 2, G, H, 0, w_ih, I, 1);
+    FN(panels_init)(pi, I, G, H, 0, w_ih, I, 1);
 }
 
 static void FN(bwd_panels)(const lf_dims *d, FN(panels) *pb, FN(panels) *prt,
@@ -144,8 +142,8 @@ static void FN(bwd_panels)(const lf_dims *d, FN(panels) *pb, FN(panels) *prt,
 {
     const int GH = lf_num_gates(d->cell) * d->hidden_size, H = d->hidden_size;
     const int P = d->out_size;
-    FN(panels_init)(pb, GH, 3, 0, 0, P, w_hh, P, 0);              /* dh = dG W_hh */
-    FN(panels_init)(prt, P, 3, 0, 0, H, w_hr, H, 0);              /* dm = dh W_hr */
+    FN(panels_init)(pb, GH, 0, 0, P, w_hh, P, 0);     /* dh = dG W_hh */
+    FN(panels_init)(prt, P, 0, 0, H, w_hr, H, 0);     /* dm = dh W_hr */
 }
 
 /* A single step does not pay for packing W (it is read once either way): then the
