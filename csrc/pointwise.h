@@ -7,8 +7,12 @@
  * float64/long double references over the whole range: float 1e-7, double 4e-16.
  * sigmoid = 1 / (1 + e^-x) keeps its relative accuracy for very negative x (backward
  * multiplies by it there) and saturates without overflow or NaN for any finite x.
- * tanh: an odd polynomial / rational function below |x| = 0.625 (relative accuracy
- * near 0), 1 - 2 / (e^2|x| + 1) above, sign restored.
+ * tanh, float: x P(x^2) / Q(x^2), degree 4 over 4 with positive Q, fitted to float64
+ * tanh on |x| <= 9 for relative error (iteratively reweighted least squares; 2e-8 in
+ * exact arithmetic, 3.3e-7 evaluated in float), x clamped to +-9 and the result to
+ * +-1. One division and no exp: about a third of the time of the form below.
+ * tanh, double: an odd rational function below |x| = 0.625 (relative accuracy near 0),
+ * 1 - 2 / (e^2|x| + 1) above, sign restored.
  * Results are the same on every CPU: the dispatch in cells only changes vector width.
  */
 #ifndef LSTMFAST_POINTWISE_H
@@ -77,15 +81,21 @@ static inline double lf_sigmoid_f64(double x) { return 1.0 / (1.0 + lf_exp_f64(-
 
 static inline float lf_tanh_f32(float x)
 {
-    float ax = fabsf(x), z = x * x;
-    float p = -5.70498872745e-3f;
-    p = p * z + 2.06390887954e-2f;
-    p = p * z - 5.37397155531e-2f;
-    p = p * z + 1.33314422036e-1f;
-    p = p * z - 3.33332819422e-1f;
-    float small = x + x * z * p;
-    float big = copysignf(1.0f - 2.0f / (lf_exp_f32(2.0f * ax) + 1.0f), x);
-    return ax < 0.625f ? small : big;
+    x = x < -9.0f ? -9.0f : x;   /* float tanh is within half an ulp of +-1 beyond */
+    x = x > 9.0f ? 9.0f : x;
+    const float s = x * x;
+    float p = 1.3352087852025463e-08f;
+    p = p * s + 2.0607198464164117e-05f;
+    p = p * s + 3.495473169702519e-03f;
+    p = p * s + 1.3380928848357884e-01f;
+    p = p * s + 9.99999979473943e-01f;
+    float q = 7.775495933573517e-07f;
+    q = q * s + 3.2854470288500796e-04f;
+    q = q * s + 2.5876544798569392e-02f;
+    q = q * s + 4.6714244439201885e-01f;
+    q = q * s + 1.0f;
+    const float t = x * p / q;
+    return t < -1.0f ? -1.0f : t > 1.0f ? 1.0f : t;
 }
 
 static inline double lf_tanh_f64(double x)
