@@ -278,8 +278,10 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
     const int NV = pk->NV, K = pk->K;
     const int MR = 12 / NV;
     /* rows a chunk at a time, so that the chunk of A (~128 KiB) stays in L2 while every
-     * panel passes over it */
-    const int chunk = (int)(32768 / (K > 0 ? K : 1)) / MR * MR + MR;
+     * panel passes over it; at least 18 rows, as every chunk streams W once more
+     * (measured: a training step at B = 8, K = 4 * 1536 in the backward, 1.10x) */
+    int chunk = (int)(32768 / (K > 0 ? K : 1)) / MR * MR + MR;
+    if (chunk < 3 * MR) chunk = 3 * MR;
     /* and K a block at a time, so that the block of the panel (16 KiB) stays in L1 for
      * every row block: the tile needs more of W per cycle than L2 delivers */
     const int KC = 16384 / (NV * 32);
