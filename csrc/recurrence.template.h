@@ -101,15 +101,6 @@ static void FN(copy_cols)(int rows, int c0, int c1, const TYPE *src, int lds, TY
                (size_t)(c1 - c0) * sizeof(TYPE));
 }
 
-/* acc[j] += sum over rows of m[r, j], for j in [c0, c1) */
-static void FN(add_colsum)(int rows, int c0, int c1, const TYPE *m, int ldm, TYPE *acc)
-{
-    for (int r = 0; r < rows; r++) {
-        const TYPE *row = m + (size_t)r * ldm;
-        for (int j = c0; j < c1; j++) acc[j] += row[j];
-    }
-}
-
 /* Combined biases: bx goes into every gate pre-activation; for GRU the n block of the
  * recurrent bias (b_hn) stays apart in bh, because r multiplies it. */
 static void FN(prepare_bias)(const lf_dims *d, const TYPE *b_ih, const TYPE *b_hh,
@@ -454,6 +445,30 @@ typedef struct {
     lf_team team;
 } FN(bwd_ctx);
 
+/* The bias gradients: column sums of this step's dG rows (for the GRU's recurrent n
+ * block, of its gradient in aux) for the gates of units [u0, u1), added while the rows
+ * are in cache. Every column belongs to one thread and is summed in the same order
+ * whatever the number of threads. */
+static void FN(add_bias_grads)(const FN(bwd_ctx) *c, int nb, const TYPE *g, const TYPE *aux,
+                               int u0, int u1)
+{
+    const int H = c->d->hidden_size, G = lf_num_gates(c->d->cell);
+    const int GH = G * H, split = lf_hh_split(c->d->cell, H);
+    for (int r = 0; r < nb; r++) {
+        const TYPE *gr = g + (size_t)r * GH;
+        for (int k = 0; k < G; k++) {
+            TYPE *db_ih = c->db_ih ? c->db_ih + k * H : NULL;
+            TYPE *db_hh = c->db_hh ? c->db_hh + k * H : NULL;
+            const TYPE *dg = gr + k * H;
+            const TYPE *dgh = k * H < split ? dg : aux + (size_t)r * H;
+            if (db_ih)
+                for (int u = u0; u < u1; u++) db_ih[u] += dg[u];
+            if (db_hh)
+                for (int u = u0; u < u1; u++) db_hh[u] += dgh[u];
+        }
+    }
+}
+
 static void FN(bwd_worker)(void *arg, int tid)
 {
     FN(bwd_ctx) *c = arg;
@@ -544,6 +559,8 @@ static void FN(bwd_worker)(void *arg, int tid)
             a.dc = lstm ? dc + (size_t)r0 * H : NULL;
             FN(cell_bwd)[cell](&a);
         }
+        if (c->db_ih || c->db_hh)
+            FN(add_bias_grads)(c, nb, g, auxt, u0, u1);
         lf_barrier_wait(&c->team);
         /* dh_{t-1} = dG_hh W_hh (+ the GRU's direct path z * dh_t, left in dh) */
         FN(step_gemm)(c->bl, &c->pb, p0, p1, nb, split, g, GH, split < GH ? auxt : NULL, H,
@@ -574,15 +591,12 @@ static void FN(bwd_worker)(void *arg, int tid)
         const int e = r1 < split ? r1 : split;
         FN(gemm)(c->bl, 1, 0, e - r0, P, n, 1, gates + r0, GH, hprev, P, 1,
                  c->dw_hh + (size_t)r0 * P, P);
-        if (c->db_hh) FN(add_colsum)(n, r0, e, gates, GH, c->db_hh);
     }
     if (r1 > split) {
         const int b = r0 > split ? r0 : split;
         FN(gemm)(c->bl, 1, 0, r1 - b, P, n, 1, c->aux + (b - split), H, hprev, P, 1,
                  c->dw_hh + (size_t)b * P, P);
-        if (c->db_hh) FN(add_colsum)(n, b - split, r1 - split, c->aux, H, c->db_hh + split);
     }
-    if (c->db_ih) FN(add_colsum)(n, r0, r1, gates, GH, c->db_ih);
     if (proj) {
         lf_split(P, nt, tid, &r0, &r1);
         FN(gemm)(c->bl, 1, 0, r1 - r0, H, n, 1, c->dh_all + r0, P, c->m_all, H, 1,
