@@ -199,6 +199,11 @@ static void FN(pack_cached)(FN(panels) *pk, TYPE *copy, int p0, int p1, int reus
     {                                                                                   \
         const FN(vec) ones = (FN(vec)){0} + 1;                                          \
         FN(vec) acc[MR][NV], acc2[MR][NV];                                              \
+        /* the rows added to may be far from cache (the input projection of a chunk of  \
+         * steps, computed steps ago): fetch them while the tile runs */               \
+        for (int i = 0; i < MR && accumulate; i++)                                      \
+            for (int v = 0; v < NV; v++)                                                \
+                __builtin_prefetch(out + (size_t)i * ldo + cols[v], 0, 3);              \
         _Pragma("GCC unroll 6")                                                         \
         for (int i = 0; i < MR; i++)                                                    \
             _Pragma("GCC unroll 4")                                                     \
