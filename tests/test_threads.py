@@ -2,6 +2,7 @@
 import gc
 import multiprocessing
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -111,7 +112,9 @@ def test_forked_child_starts_its_own_helpers(restore_threads):
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_output, args=(layer, x, child))
-    proc.start()
+    with warnings.catch_warnings():  # Python >= 3.12 warns of fork in a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        proc.start()
     got = parent.recv() if parent.poll(60) else None
     proc.join(10)
     if proc.is_alive():
