@@ -150,25 +150,21 @@ typedef struct {
     int tid;
 } lf_job;
 
+#ifdef __linux__
 /* Where helpers may run: every core this thread may use but the one it is on. Left to
  * itself the scheduler often starts a new thread on its creator's core (measured: in
  * about half of the calls after the process had been idle), where the two then take
  * turns spinning at every barrier and the call takes longer than on one thread. */
-static int lf_other_cpus(void *cpus, int *here)
+static int lf_other_cpus(cpu_set_t *set, int *here)
 {
-#ifdef __linux__
-    cpu_set_t *set = cpus;
     *here = sched_getcpu();
     if (*here < 0 || *here >= CPU_SETSIZE || sched_getaffinity(0, sizeof *set, set) != 0 ||
         !CPU_ISSET(*here, set) || CPU_COUNT(set) < 2)
         return 0;
     CPU_CLR(*here, set);
     return 1;
-#else
-    (void)cpus; *here = -1;
-    return 0;
-#endif
 }
+#endif
 
 static void *lf_thread_main(void *arg)
 {
@@ -183,10 +179,12 @@ static void *lf_thread_main(void *arg)
 static int lf_start_threads(lf_team *tm, int want, void (*fn)(void *, int), void *ctx,
                             pthread_t *th, lf_job *jobs)
 {
-    int created = 0, here;
-    pthread_attr_t attr, *pattr = NULL;
+    int created = 0;
+    pthread_attr_t *pattr = NULL;
 #ifdef __linux__
+    pthread_attr_t attr;
     cpu_set_t cpus;
+    int here;
     if (want > 1 && lf_other_cpus(&cpus, &here) && pthread_attr_init(&attr) == 0) {
         if (pthread_attr_setaffinity_np(&attr, sizeof cpus, &cpus) == 0) pattr = &attr;
         else pthread_attr_destroy(&attr);
