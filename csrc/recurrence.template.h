@@ -427,7 +427,8 @@ int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
      * (changing its size wakes its threads, which then spin beside ours) */
     const int blas = !c.pi.data;
     if (blas) lf_blas_single_enter(bl);
-    lf_team_run(&c.team, d->pool, packed ? lf_team_size(d, c.pw.npanels) : 1, FN(fwd_worker), &c);
+    lf_team_run(&c.team, d->pool, packed ? lf_team_size(d, c.pw.npanels) : 1, FN(fwd_worker),
+                &c);
     if (blas) lf_blas_single_leave(bl);
     header[0] = signature;
     return LF_OK;
@@ -651,7 +652,8 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
     memcpy(c.dh, dh_n, (size_t)B * P * sizeof(TYPE));
     if (lstm) memcpy(c.dc, dc_n, (size_t)B * H * sizeof(TYPE));
     lf_blas_single_enter(bl);
-    lf_team_run(&c.team, d->pool, packed ? lf_team_size(d, c.pb.npanels) : 1, FN(bwd_worker), &c);
+    lf_team_run(&c.team, d->pool, packed ? lf_team_size(d, c.pb.npanels) : 1, FN(bwd_worker),
+                &c);
     lf_blas_single_leave(bl);
     return LF_OK;
 }
