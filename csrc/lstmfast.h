@@ -53,7 +53,7 @@ enum { LF_OK = 0, LF_EARG = -1 };
 typedef struct {
     int cell, seq_len, batch, input_size, hidden_size, out_size, reverse, threads;
     const int *lengths;
-    struct lf_pool *pool;  /* helper threads kept between calls, or NULL: new ones per call */
+    struct lf_pool *pool;  /* helpers kept between calls (lf_pool), or NULL */
 } lf_dims;
 
 /* Helper threads that sleep between kernel calls, for one caller at a time: a layer
