@@ -40,6 +40,22 @@ static inline TYPE FN(hsum)(FN(vec) v)
 LF_CLONES static void FN(small_gemm)(int tb, int M, int N, int K, const TYPE *A, int lda,
                                      const TYPE *B, int ldb, TYPE beta, TYPE *C, int ldc)
 {
+    if (tb && M == 1) {  /* one row (a cell step at batch 1): four sums along K keep
+                            * four FMAs in flight, where one sum waits on each */
+        for (int n = 0; n < N; n++) {
+            const TYPE *b = B + (size_t)n * ldb;
+            FN(vec) acc[4] = {{0}, {0}, {0}, {0}};
+            int k = 0;
+            for (; k + 4 * VL <= K; k += 4 * VL)
+                for (int u = 0; u < 4; u++)
+                    acc[u] += FN(load)(A + k + u * VL) * FN(load)(b + k + u * VL);
+            for (; k + VL <= K; k += VL) acc[0] += FN(load)(A + k) * FN(load)(b + k);
+            TYPE sum = FN(hsum)((acc[0] + acc[1]) + (acc[2] + acc[3]));
+            for (; k < K; k++) sum += A[k] * b[k];
+            C[n] = beta == 0 ? sum : beta * C[n] + sum;
+        }
+        return;
+    }
     if (tb) {
         for (int i0 = 0; i0 < M; i0 += 4) {
             const int mr = M - i0 < 4 ? M - i0 : 4;
