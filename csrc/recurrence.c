@@ -164,6 +164,16 @@ static int lf_other_cpus(cpu_set_t *set, int *here)
     CPU_CLR(*here, set);
     return 1;
 }
+
+/* attr, set to start a thread on cpus only, or NULL if it cannot be (destroy it after
+ * use when not NULL). */
+static pthread_attr_t *lf_pinned_attr(pthread_attr_t *attr, const cpu_set_t *cpus)
+{
+    if (pthread_attr_init(attr) != 0) return NULL;
+    if (pthread_attr_setaffinity_np(attr, sizeof *cpus, cpus) == 0) return attr;
+    pthread_attr_destroy(attr);
+    return NULL;
+}
 #endif
 
 static void *lf_thread_main(void *arg)
@@ -185,10 +195,7 @@ static int lf_start_threads(lf_team *tm, int want, void (*fn)(void *, int), void
     pthread_attr_t attr;
     cpu_set_t cpus;
     int here;
-    if (want > 1 && lf_other_cpus(&cpus, &here) && pthread_attr_init(&attr) == 0) {
-        if (pthread_attr_setaffinity_np(&attr, sizeof cpus, &cpus) == 0) pattr = &attr;
-        else pthread_attr_destroy(&attr);
-    }
+    if (want > 1 && lf_other_cpus(&cpus, &here)) pattr = lf_pinned_attr(&attr, &cpus);
 #endif
     for (int i = 1; i < want; i++) {
         jobs[i].fn = fn; jobs[i].ctx = ctx; jobs[i].team = tm; jobs[i].tid = i;
@@ -286,10 +293,7 @@ static int lf_pool_ready(lf_pool *pool, int want)
         pool->cpu = here;
     }
     pthread_attr_t attr, *pattr = NULL;
-    if (pool->n + 1 < want && other && pthread_attr_init(&attr) == 0) {
-        if (pthread_attr_setaffinity_np(&attr, sizeof cpus, &cpus) == 0) pattr = &attr;
-        else pthread_attr_destroy(&attr);
-    }
+    if (pool->n + 1 < want && other) pattr = lf_pinned_attr(&attr, &cpus);
     while (pool->n + 1 < want) {
         lf_helper *h = &pool->h[pool->n + 1];
         h->seq = 0;
@@ -307,7 +311,6 @@ static void lf_pool_run(lf_pool *pool, lf_team *tm, int want, void (*fn)(void *,
 {
     const int helpers = want > 1 ? lf_pool_ready(pool, want) : 0;
     tm->n = helpers + 1;
-    tm->go = 1;
     pool->pending = helpers;
     for (int i = 1; i <= helpers; i++) {
         lf_job *job = &pool->h[i].job;
