@@ -140,7 +140,7 @@ static inline void FN(rnn_fwd)(const FN(fwd_step) *a, const int relu)
 #pragma GCC ivdep
         for (int j = a->u0; j < a->u1; j++) {
             TYPE v = g[j] + bx[j];
-            v = relu ? (v > 0 ? v : 0) : FN(lf_tanh)(v);
+            v = relu ? (v < 0 ? 0 : v) : FN(lf_tanh)(v);  /* NaN stays NaN, as in torch */
             h[j] = v;
             g[j] = v;
         }

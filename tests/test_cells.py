@@ -127,6 +127,15 @@ def test_cell_matches_torch(rng):
                                        atol=1e-14, err_msg=f"{mode} {name}")
 
 
+@pytest.mark.parametrize("mode,cls,kw", CELLS, ids=IDS)
+def test_cell_nan_input_propagates(rng, mode, cls, kw):
+    cell = cls(3, 5, dtype=np.float32, seed=0, **kw)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    x[0, 1] = np.nan
+    h = cell(x)[0] if mode == "LSTM" else cell(x)
+    assert np.all(np.isnan(h[0])) and np.all(np.isfinite(h[1]))
+
+
 def test_cell_errors(rng):
     cell = lstmfast.LSTMCell(3, 4, seed=0)
     with pytest.raises(ValueError, match=r"\[batch, 3\]"):

@@ -209,6 +209,47 @@ def test_dropin_errors():
         lt.LSTM(4, 5, proj_size=5)
 
 
+def test_dropin_refuses_mismatched_dtypes_like_torch():
+    m = lt.LSTM(4, 5)  # float32
+    x = torch.randn(3, 2, 4)
+    for bad in (x.double(), x.to(torch.int64)):
+        with pytest.raises(ValueError, match="input must have the type torch.float32"):
+            m(bad)
+    h = torch.zeros(1, 2, 5)
+    with pytest.raises(ValueError, match="initial state must have the type torch.float32"):
+        m(x, (h.double(), h))
+    with pytest.raises(ValueError, match="must have the type torch.float64"):
+        lt.GRU(4, 5, dtype=torch.float64)(x)
+
+
+def test_dropin_second_order_gradient_is_an_error_not_a_silent_zero():
+    m = lt.LSTM(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    y, _ = m(x)
+    g, = torch.autograd.grad(y.pow(2).sum(), m.weight_hh_l0, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.pow(2).sum().backward()
+
+
+def test_dropin_all_weights_and_flatten_parameters_as_torch():
+    ours, ref = _pair("LSTM", {"proj_size": 3}, torch.float32, num_layers=2,
+                      bidirectional=True)
+    assert ours._all_weights == ref._all_weights
+    assert [[tuple(w.shape) for w in g] for g in ours.all_weights] == \
+        [[tuple(w.shape) for w in g] for g in ref.all_weights]
+    assert ours.all_weights[3][1] is ours.weight_hh_l1_reverse
+    x = torch.randn(3, 2, 4)
+    y0, _ = ours(x)
+    ours.flatten_parameters()
+    torch.testing.assert_close(ours(x)[0], y0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sizes", [(0, 5), (4, 0)])
+def test_dropin_nonpositive_sizes_are_value_errors(sizes):
+    with pytest.raises(ValueError, match="must be"):
+        lt.GRU(*sizes)
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_from_torch_to_torch_round_trip(rng, kind):
     kw = {"proj_size": 2} if kind == "LSTM" else {}

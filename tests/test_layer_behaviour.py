@@ -135,9 +135,11 @@ def test_stateful_batch_size_change_after_reset_is_fine(rng):
 # Determinism and input conversion
 # ---------------------------------------------------------------------------------------------
 
-def forward_backward(m, x, state=None, lengths=None, dy_seed=0, dstate=None):
+def forward_backward(m, x, state=None, lengths=None, dy_seed=0, dstate=None, dy_form=None):
     y, s = m(x, state, lengths)
     dy = np.random.default_rng(dy_seed).standard_normal(y.shape)
+    if dy_form is not None:
+        dy = dy_form(dy)
     m.zero_grad()
     dx, ds = m.backward(dy, dstate)
     flat = lambda t: list(t) if isinstance(t, tuple) else [t]  # noqa: E731
@@ -179,20 +181,25 @@ INPUT_KINDS = ["strided", "fortran", "transposed_view", "negative_strides", "rea
 
 @pytest.mark.parametrize("kind", INPUT_KINDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("lengths, batch_first", [((2, 4, 1), False), (None, False),
+                                                  (None, True)],
+                         ids=["lengths", "full", "full_bfirst"])
 @pytest.mark.parametrize("mode", ["lstm_proj", "gru"])
-def test_non_contiguous_inputs_equal_contiguous(mode, dtype, kind, rng):
-    case = Case(mode, 2, True, T=4, B=3, I=5, H=4, with_state=True, lengths=(2, 4, 1))
+def test_non_contiguous_inputs_equal_contiguous(mode, lengths, batch_first, dtype, kind, rng):
+    """x, the initial state, dy and the state's gradient in any memory layout (the paths
+    without lengths once passed a Fortran-order copy to the kernels, which refused it)."""
+    case = Case(mode, 2, True, T=4, B=3, I=5, H=4, with_state=True, lengths=lengths)
     prob = make_problem(case, int(rng.integers(2**31)))
     conv = {k: (v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype == np.float64 else v)
             for k, v in prob.items()}
-    m = loaded(case, prob, dtype, seed=0)
+    m = loaded(case, prob, dtype, seed=0, batch_first=batch_first)
+    x = np.ascontiguousarray(conv["x"].transpose(1, 0, 2)) if batch_first else conv["x"]
     dstate = (conv["gh"], conv["gc"]) if case.is_lstm else conv["gh"]
-    want = forward_backward(m, conv["x"], layer_state(case, conv), conv["lengths"],
-                            dstate=dstate)
+    want = forward_backward(m, x, layer_state(case, conv), conv["lengths"], dstate=dstate)
     pick = lambda arr: dict(variants(arr))[kind]  # noqa: E731
     state = (pick(conv["h0"]), pick(conv["c0"])) if case.is_lstm else pick(conv["h0"])
     dstate = (pick(conv["gh"]), pick(conv["gc"])) if case.is_lstm else pick(conv["gh"])
-    got = forward_backward(m, pick(conv["x"]), state, conv["lengths"], dstate=dstate)
+    got = forward_backward(m, pick(x), state, conv["lengths"], dstate=dstate, dy_form=pick)
     for u, v in zip(got, want):
         assert np.array_equal(u, v)
 
@@ -446,6 +453,22 @@ def test_one_eval_layer_shared_by_threads_bitwise_equal_serial():
 # ---------------------------------------------------------------------------------------------
 # Numerical safety: huge inputs saturate, they do not overflow
 # ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_nan_input_propagates_like_torch(mode, training, dtype, rng):
+    """A NaN in one sequence's input makes that sequence's outputs NaN from its step on,
+    and leaves the other sequences alone (torch's behaviour; a ReLU written as
+    v > 0 ? v : 0 turned NaN into 0)."""
+    case = Case(mode, 1, False, T=4, B=3, I=5, H=6)
+    m = make_layer(case, dtype, seed=0).train(training)
+    x = rng.standard_normal((4, 3, 5))
+    x[1, 0, 2] = np.nan
+    y, _ = m(x)
+    assert np.all(np.isfinite(y[0])) and np.all(np.isfinite(y[:, 1:]))
+    assert np.all(np.isnan(y[1:, 0])), "NaN must reach every unit of row 0 from step 1 on"
+
 
 HUGE = {np.float32: (1e4, -1e4, 1e30, -1e30, 3e38), np.float64: (1e4, -1e4, 1e300, -1e300)}
 

@@ -83,7 +83,7 @@ class _Packing:
     def pack(self, a):
         """[T, B, F] -> [N, F], a new contiguous array (the caller's may change later)."""
         flat = a.reshape(self.T * self.B, a.shape[2])
-        return np.array(flat) if self.index is None else flat[self.index]
+        return np.array(flat, order="C") if self.index is None else flat[self.index]
 
     def unpack(self, p):
         """[N, F] -> [T, B, F], zero past each sequence's length."""
@@ -95,7 +95,7 @@ class _Packing:
 
     def sort_batch(self, s):
         """State [L*D, B, F] into the packed batch order: a new array, contiguous per slice."""
-        return np.array(s) if self.perm is None else np.ascontiguousarray(s[:, self.perm])
+        return np.array(s, order="C") if self.perm is None else np.ascontiguousarray(s[:, self.perm])
 
     def unsort_batch(self, s):
         return s if self.perm is None else np.ascontiguousarray(s[:, self.inverse])

@@ -43,6 +43,7 @@ class _Recurrence(torch.autograd.Function):
         return (out,) + tuple(torch.from_numpy(f) for f in finals)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # create_graph: an error, not a silent 0
     def backward(ctx, dy, *dfinal):
         if ctx.layers is None:
             raise RuntimeError("lstmfast: this graph was already backpropagated "
@@ -90,9 +91,25 @@ class _RNNBase(torch.nn.Module):
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
         if np_dtype not in self._engines:
             self._engines[np_dtype] = self._engine_cls(
-                input_size or self.input_size, hidden_size or self.hidden_size,
+                self.input_size if input_size is None else input_size,
+                self.hidden_size if hidden_size is None else hidden_size,
                 dtype=np_dtype, **self._engine_kw)
         return self._engines[np_dtype]
+
+    @property
+    def _all_weights(self):
+        """Parameter names per layer and direction, in torch.nn's order."""
+        names = list(self._parameters)
+        suffixes = [f"_l{k}{'_reverse' if d else ''}" for k in range(self.num_layers)
+                    for d in range(2 if self.bidirectional else 1)]
+        return [[n for n in names if n.endswith(sfx)] for sfx in suffixes]
+
+    @property
+    def all_weights(self):
+        return [[getattr(self, n) for n in group] for group in self._all_weights]
+
+    def flatten_parameters(self):
+        """A no-op, as torch.nn's is on the CPU: the kernels read the parameters in place."""
 
     def reset_parameters(self):
         k = 1.0 / math.sqrt(self.hidden_size)
@@ -135,7 +152,8 @@ class _RNNBase(torch.nn.Module):
             sorted_idx = unsorted_idx = None
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input must have {self.input_size} features, got {x.shape[-1]}")
-        x = x.to(dtype)
+        if x.dtype != dtype:  # as torch.nn: no silent conversion
+            raise ValueError(f"input must have the type {dtype}, got type {x.dtype}")
 
         shapes = engine._state_shapes(pack.B)
         if hx is None:
@@ -150,7 +168,9 @@ class _RNNBase(torch.nn.Module):
                 if tuple(s.shape) != shape:
                     raise ValueError(f"initial state must have shape {shape}, got "
                                      f"{tuple(s.shape)}")
-            states = [s.to(dtype) for s in states]
+                if s.dtype != dtype:
+                    raise ValueError(f"initial state must have the type {dtype}, got type "
+                                     f"{s.dtype}")
 
         draw_mask = None
         if self.training and self.dropout > 0:
