@@ -190,6 +190,16 @@ def test_dropin_dropout_follows_torch_seed():
     torch.testing.assert_close(m(x)[0], m(x)[0], rtol=0, atol=0)
 
 
+def test_dropin_dropout_one_matches_torch():
+    ours, ref = _pair("GRU", {}, torch.float64, num_layers=2, dropout=1.0)
+    x = torch.randn(6, 2, 4, dtype=torch.float64, requires_grad=True)
+    y1, _ = ours(x)
+    y2, _ = ref(x)
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    y1.sum().backward()
+    assert torch.all(x.grad == 0)
+
+
 def test_dropin_no_grad_keeps_no_cache():
     m = lt.GRU(4, 5)
     with torch.no_grad():

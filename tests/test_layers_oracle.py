@@ -16,6 +16,8 @@ import itertools
 import numpy as np
 import pytest
 
+import lstmfast
+
 from layer_helpers import (
     MODE_IDS, Case, assert_close, assert_results_close, layer_state, make_layer,
     make_problem, oracle, run_layer, to_layout,
@@ -310,6 +312,24 @@ def test_dropout_matches_oracle_with_replayed_masks(case, dtype):
     m.eval()
     y, _ = m(prob["x"], layer_state(case, prob), prob["lengths"])
     assert_close(y, oracle(case, prob)["y"], RTOL[dtype], "eval y")
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_dropout_one_drops_everything_between_layers(mode):
+    """dropout=1 (torch accepts it): layer 1 sees zeros, so it gives what it gives with
+    its input weights at zero, and no gradient reaches x."""
+    cls = {"lstm": lstmfast.LSTM, "gru": lstmfast.GRU}[mode]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 3, 4))
+    a = cls(4, 6, num_layers=2, dropout=1.0, dtype=np.float64, seed=2)
+    b = cls(4, 6, num_layers=2, dtype=np.float64, seed=2)
+    b.params["weight_ih_l1"][...] = 0
+    ya, _ = a(x)
+    yb, _ = b(x)
+    np.testing.assert_array_equal(ya, yb)
+    dx, _ = a.backward(np.ones_like(ya))
+    assert np.all(dx == 0) and np.all(a.grads["weight_ih_l1"] == 0)
+    assert np.any(a.grads["weight_hh_l1"] != 0)
 
 
 @pytest.mark.parametrize("case", DROPOUT_CASES[:3])

@@ -120,8 +120,8 @@ class _RNNBase(Module):
             raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), "
                              f"got {proj_size}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
-                or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+                or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout={dropout} acts between layers, so it has no effect with "
                           f"num_layers=1", stacklevel=3)
@@ -308,6 +308,8 @@ class _RNNBase(Module):
 
     def _draw_mask(self, shape):
         keep = self._rng.random(shape) >= self.dropout
+        if self.dropout == 1:  # torch: everything dropped, nothing to scale
+            return keep.astype(self.dtype)
         return keep.astype(self.dtype) / self.dtype.type(1 - self.dropout)
 
     def _forward_packed(self, inp, init, pack, training, draw_mask, params=None):

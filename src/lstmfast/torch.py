@@ -176,7 +176,7 @@ class _RNNBase(torch.nn.Module):
         if self.training and self.dropout > 0:
             def draw_mask(shape):
                 mask = torch.empty(shape, dtype=dtype).bernoulli_(1 - self.dropout)
-                return mask.div_(1 - self.dropout).numpy()
+                return (mask if self.dropout == 1 else mask.div_(1 - self.dropout)).numpy()
 
         # keep a cache for backward only when autograd will ask for one
         training = torch.is_grad_enabled() and any(
