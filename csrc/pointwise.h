@@ -13,7 +13,9 @@
  * +-1. One division and no exp: about a third of the time of the form below.
  * tanh, double: an odd rational function below |x| = 0.625 (relative accuracy near 0),
  * 1 - 2 / (e^2|x| + 1) above, sign restored.
- * Results are the same on every CPU: the dispatch in cells only changes vector width.
+ * The AVX2 clones let gcc fuse a multiply and an add into one FMA where the baseline
+ * clones round twice, so the last bits can differ between CPUs with and without FMA;
+ * on one machine the results are deterministic.
  */
 #ifndef LSTMFAST_POINTWISE_H
 #define LSTMFAST_POINTWISE_H
