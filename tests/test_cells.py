@@ -136,6 +136,17 @@ def test_cell_nan_input_propagates(rng, mode, cls, kw):
     assert np.all(np.isnan(h[0])) and np.all(np.isfinite(h[1]))
 
 
+@pytest.mark.parametrize("mode,cls,kw", CELLS, ids=IDS)
+def test_cell_empty_batch(mode, cls, kw):
+    cell = cls(3, 5, dtype=np.float64, seed=0, **kw)
+    out = cell(np.zeros((0, 3)))
+    outs = out if mode == "LSTM" else (out,)
+    assert all(o.shape == (0, 5) for o in outs)
+    back = cell.backward(*([np.zeros((0, 5))] * len(outs)))
+    assert back[0].shape == (0, 3)
+    assert all(np.all(g == 0) for g in cell.grads.values())
+
+
 def test_cell_errors(rng):
     cell = lstmfast.LSTMCell(3, 4, seed=0)
     with pytest.raises(ValueError, match=r"\[batch, 3\]"):

@@ -118,7 +118,6 @@ FORWARD_ERRORS = {
     "x_features": (lambda m, a: m(np.zeros((T, B, I + 1))), ValueError,
                    f"input_size={I} features"),
     "x_T0": (lambda m, a: m(np.zeros((0, B, I))), ValueError, "at least one timestep"),
-    "x_B0": (lambda m, a: m(np.zeros((T, 0, I))), ValueError, "at least one timestep and one seq"),
     "x_complex": (lambda m, a: m(a.x + 1j), TypeError, "x must hold real numbers"),
     "x_string": (lambda m, a: m(np.full((T, B, I), "a")), TypeError, "x must hold real numbers"),
     "x_object": (lambda m, a: m(np.full((T, B, I), None)), TypeError, "x must hold real numbers"),

@@ -200,6 +200,20 @@ def test_dropin_dropout_one_matches_torch():
     assert torch.all(x.grad == 0)
 
 
+@pytest.mark.parametrize("kind, kw", KINDS, ids=KIND_IDS)
+def test_dropin_empty_batch_as_torch(kind, kw):
+    ours, ref = _pair(kind, kw, torch.float64, num_layers=2, bidirectional=True,
+                      batch_first=True)
+    x = torch.zeros(0, 5, 4, dtype=torch.float64, requires_grad=True)
+    (y1, s1), (y2, s2) = ours(x), ref(x)
+    s1 = s1 if isinstance(s1, tuple) else (s1,)
+    s2 = s2 if isinstance(s2, tuple) else (s2,)
+    assert y1.shape == y2.shape and [a.shape for a in s1] == [b.shape for b in s2]
+    (y1.sum() + sum(a.sum() for a in s1)).backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in ours.parameters())
+
+
 def test_dropin_no_grad_keeps_no_cache():
     m = lt.GRU(4, 5)
     with torch.no_grad():

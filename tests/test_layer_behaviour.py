@@ -470,6 +470,33 @@ def test_nan_input_propagates_like_torch(mode, training, dtype, rng):
     assert np.all(np.isnan(y[1:, 0])), "NaN must reach every unit of row 0 from step 1 on"
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
+@pytest.mark.parametrize("lengths", [None, []], ids=["full", "lengths"])
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_empty_batch_gives_empty_results_like_torch(mode, lengths, batch_first):
+    """torch.nn accepts a batch of 0 sequences: empty outputs and states, no gradient."""
+    case = Case(mode, 2, True, T=4, B=3, I=5, H=6)
+    m = make_layer(case, np.float64, seed=0, batch_first=batch_first)
+    x = np.zeros((0, 4, 5) if batch_first else (4, 0, 5))
+    Hout, LD = case.H_out, 2 * case.D
+    for training in (True, False):
+        m.train(training)
+        y, state = m(x, None, lengths)
+        assert y.shape == ((0, 4, case.D * Hout) if batch_first else (4, 0, case.D * Hout))
+        states = state if case.is_lstm else (state,)
+        assert [s.shape for s in states] == [(LD, 0, Hout)] + \
+            ([(LD, 0, case.H)] if case.is_lstm else [])
+    m.train()
+    m.zero_grad()
+    y, _ = m(x, None, lengths)
+    dx, dstate = m.backward(np.zeros_like(y))
+    assert dx.shape == x.shape
+    assert all(np.all(g == 0) for g in m.grads.values())
+    # and the layer still works on a real batch afterwards
+    y2, _ = m(np.ones((4, 2, 5)).transpose(1, 0, 2) if batch_first else np.ones((4, 2, 5)))
+    assert np.all(np.isfinite(y2))
+
+
 HUGE = {np.float32: (1e4, -1e4, 1e30, -1e30, 3e38), np.float64: (1e4, -1e4, 1e300, -1e300)}
 
 

@@ -54,12 +54,14 @@ class _Packing:
             return
         lengths = np.asarray(lengths.detach().cpu().numpy() if hasattr(lengths, "detach")
                              else lengths)
+        if lengths.size == 0:  # [] for an empty batch: numpy makes it float
+            lengths = lengths.astype(np.int64)
         if lengths.dtype.kind not in "iu":
             raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
         if lengths.shape != (B,):
             raise ValueError(f"lengths must have shape ({B},) (one per sequence), "
                              f"got {lengths.shape}")
-        if lengths.min() < 1 or lengths.max() > T:
+        if B and (lengths.min() < 1 or lengths.max() > T):
             raise ValueError(f"lengths must lie in [1, {T}] (T={T}), got values in "
                              f"[{lengths.min()}, {lengths.max()}]")
         self.perm = np.argsort(-lengths.astype(np.int64), kind="stable")
@@ -282,8 +284,8 @@ class _RNNBase(Module):
                              f"axis {layout}, got shape {x.shape}")
         x = self._time_major(x)
         T, B = x.shape[0], x.shape[1]
-        if T < 1 or B < 1:
-            raise ValueError(f"x must have at least one timestep and one sequence, got shape "
+        if T < 1:  # an empty batch is fine, as in torch: empty outputs, no gradient
+            raise ValueError(f"x must have at least one timestep, got shape "
                              f"{self._time_major(x).shape}")
         if T * B > _INT_MAX:
             raise ValueError(f"T*batch={T * B} is too large (BLAS takes 32-bit sizes)")
@@ -332,6 +334,9 @@ class _RNNBase(Module):
             y = np.empty((pack.rows, D * P), self.dtype)
             caches = []
             for d in range(D):
+                if pack.B == 0:  # nothing to compute; the kernels want rows
+                    caches.append(None)
+                    continue
                 w = self._named(params, k, d)
                 i = k * D + d
                 h_n, c_n, cache = _kernels.forward(
@@ -404,6 +409,8 @@ class _RNNBase(Module):
             inp, y, mask, caches = layers[k]
             dx = np.empty_like(inp)
             for d in range(D):
+                if pack.B == 0:
+                    continue
                 w, g = self._named(params, k, d), self._named(grads, k, d)
                 i = k * D + d
                 dh0, dc0 = _kernels.backward(
