@@ -246,6 +246,19 @@ def test_dropin_refuses_mismatched_dtypes_like_torch():
         lt.GRU(4, 5, dtype=torch.float64)(x)
 
 
+def test_dropin_under_autocast_takes_other_dtypes_like_torch():
+    """torch.nn skips its dtype check under autocast; the drop-in computes in its weights'
+    dtype and answers in the input's."""
+    ours, ref = _pair("LSTM", {}, torch.float32)
+    x = torch.randn(3, 2, 4).bfloat16()
+    h = torch.zeros(1, 2, 5, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h_n, c_n) = ours(x, (h, h))
+    assert y.dtype == h_n.dtype == torch.bfloat16
+    want, _ = ref(x.float())
+    torch.testing.assert_close(y.float(), want, rtol=1e-2, atol=1e-2)  # bfloat16's 8 bits
+
+
 def test_dropin_second_order_gradient_is_an_error_not_a_silent_zero():
     m = lt.LSTM(3, 4, dtype=torch.float64)
     x = torch.randn(5, 2, 3, dtype=torch.float64)

@@ -17,6 +17,11 @@ from . import layers as _layers
 __all__ = ["LSTM", "GRU", "RNN"]
 
 
+def _autocast_on():
+    f = getattr(torch._C, "_is_any_autocast_enabled", None)
+    return bool(f()) if f is not None else torch.is_autocast_enabled()
+
+
 def _np(t):
     """A numpy view of a CPU tensor (a contiguous copy first if it is not contiguous)."""
     t = t.detach()
@@ -152,8 +157,13 @@ class _RNNBase(torch.nn.Module):
             sorted_idx = unsorted_idx = None
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input must have {self.input_size} features, got {x.shape[-1]}")
-        if x.dtype != dtype:  # as torch.nn: no silent conversion
-            raise ValueError(f"input must have the type {dtype}, got type {x.dtype}")
+        # as torch.nn: no silent conversion, except under autocast (computed in the
+        # weights' dtype here, returned in the input's)
+        out_dtype = x.dtype
+        if x.dtype != dtype:
+            if not _autocast_on():
+                raise ValueError(f"input must have the type {dtype}, got type {x.dtype}")
+            x = x.to(dtype)
 
         shapes = engine._state_shapes(pack.B)
         if hx is None:
@@ -168,9 +178,10 @@ class _RNNBase(torch.nn.Module):
                 if tuple(s.shape) != shape:
                     raise ValueError(f"initial state must have shape {shape}, got "
                                      f"{tuple(s.shape)}")
-                if s.dtype != dtype:
+                if s.dtype != dtype and not _autocast_on():
                     raise ValueError(f"initial state must have the type {dtype}, got type "
                                      f"{s.dtype}")
+            states = [s.to(dtype) for s in states]
 
         draw_mask = None
         if self.training and self.dropout > 0:
@@ -183,6 +194,8 @@ class _RNNBase(torch.nn.Module):
             t.requires_grad for t in [x, *states, *weights])
         y, *finals = _Recurrence.apply(engine, pack, draw_mask, names, training, x, *states,
                                        *weights)
+        if out_dtype != dtype:
+            y, finals = y.to(out_dtype), [f.to(out_dtype) for f in finals]
         if unsorted_idx is not None:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
         if packed:
