@@ -76,8 +76,8 @@ class _RNNBase(torch.nn.Module):
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"lstmfast runs on the CPU; got device={device}")
         dtype = dtype or torch.get_default_dtype()
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            raise TypeError(f"dtype must be a floating point dtype, got {dtype}")
         self._engine_kw = dict(num_layers=num_layers, bias=bias, batch_first=batch_first,
                                dropout=dropout, bidirectional=bidirectional, **engine_kw)
         # The numpy layer validates the configuration and owns the recurrence; its own
@@ -137,7 +137,9 @@ class _RNNBase(torch.nn.Module):
         names = list(self._engine(torch.float32).params)
         weights = [getattr(self, n) for n in names]
         dtype = weights[0].dtype
-        engine = self._engine(dtype)
+        # half precision runs in float32 (the kernels' narrowest), casts tracked by autograd
+        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        engine = self._engine(work)
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_idx, unsorted_idx = input
@@ -160,14 +162,13 @@ class _RNNBase(torch.nn.Module):
         # as torch.nn: no silent conversion, except under autocast (computed in the
         # weights' dtype here, returned in the input's)
         out_dtype = x.dtype
-        if x.dtype != dtype:
-            if not _autocast_on():
-                raise ValueError(f"input must have the type {dtype}, got type {x.dtype}")
-            x = x.to(dtype)
+        if x.dtype != dtype and not _autocast_on():
+            raise ValueError(f"input must have the type {dtype}, got type {x.dtype}")
+        x = x.to(work)
 
         shapes = engine._state_shapes(pack.B)
         if hx is None:
-            states = [torch.zeros(s, dtype=dtype) for s in shapes]
+            states = [torch.zeros(s, dtype=work) for s in shapes]
         else:
             states = list(hx) if engine._has_cell_state else [hx]
             if not packed and unbatched:
@@ -181,12 +182,13 @@ class _RNNBase(torch.nn.Module):
                 if s.dtype != dtype and not _autocast_on():
                     raise ValueError(f"initial state must have the type {dtype}, got type "
                                      f"{s.dtype}")
-            states = [s.to(dtype) for s in states]
+            states = [s.to(work) for s in states]
+        weights = [w.to(work) for w in weights]
 
         draw_mask = None
         if self.training and self.dropout > 0:
             def draw_mask(shape):
-                mask = torch.empty(shape, dtype=dtype).bernoulli_(1 - self.dropout)
+                mask = torch.empty(shape, dtype=work).bernoulli_(1 - self.dropout)
                 return (mask if self.dropout == 1 else mask.div_(1 - self.dropout)).numpy()
 
         # keep a cache for backward only when autograd will ask for one
@@ -194,7 +196,7 @@ class _RNNBase(torch.nn.Module):
             t.requires_grad for t in [x, *states, *weights])
         y, *finals = _Recurrence.apply(engine, pack, draw_mask, names, training, x, *states,
                                        *weights)
-        if out_dtype != dtype:
+        if out_dtype != work:
             y, finals = y.to(out_dtype), [f.to(out_dtype) for f in finals]
         if unsorted_idx is not None:
             finals = [f.index_select(1, unsorted_idx) for f in finals]
