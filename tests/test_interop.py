@@ -231,6 +231,8 @@ def test_dropin_errors():
         lt.LSTM(4, 5, bogus=1)
     with pytest.raises(ValueError, match="proj_size"):
         lt.LSTM(4, 5, proj_size=5)
+    with pytest.raises(TypeError, match="bias should be of type bool, got: int"):
+        lt.GRU(4, 5, bias=0)
 
 
 def test_dropin_refuses_mismatched_dtypes_like_torch():
