@@ -377,6 +377,12 @@ static int lf_team_size(const lf_dims *d, int npanels)
     return per_step < 32768 || per_step * d->seq_len < (d->pool ? 1e6 : 4e6) ? 1 : n;
 }
 
+/* The most threads a team for these dims can have (per-thread scratch). */
+static int lf_max_team(const lf_dims *d)
+{
+    return d->threads < 1 ? 1 : d->threads > LF_MAX_THREADS ? LF_MAX_THREADS : d->threads;
+}
+
 /* [lo, hi): part i of n items split into parts */
 static void lf_split(int n, int parts, int i, int *lo, int *hi)
 {
