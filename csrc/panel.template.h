@@ -318,9 +318,11 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
  * lda, ldb): a weight gradient, dW = dG^T X over every row of a sequence, where K is
  * large and M, N often small. BLAS packs both operands for this shape with transposing
  * copies, which took up to 0.85x the time of its kernel (T*B = 15360, M = 128, N = 64).
- * Here both packings are row copies: blocks of K by 6 columns of A and by 2 vectors of
- * B, zero padded, then 6 x 2 tiles on them (GotoBLAS's scheme). Every element sums its
- * K blocks in order, whatever M range a thread takes. scratch: tn_scratch elements. */
+ * Here both packings are row copies: blocks of K by 6 columns of A, and B's block as
+ * plain panels (pack), zero padded, then 6 x 2 tiles on them (GotoBLAS's scheme; like
+ * panel_gemm's tiles, for LF_PANEL_NV = 2 only). Every element sums its K blocks in
+ * order, whatever M range a thread takes. scratch: tn_scratch elements, a multiple of
+ * 32 bytes. */
 #define LF_TN_KC 256
 #define LF_TN_MC 96
 #define LF_TN_NC 256
@@ -363,25 +365,16 @@ static inline __attribute__((always_inline)) void FN(tile_tn)(
 LF_CLONES static void FN(gemm_tn)(int M, int N, int K, const TYPE *A, int lda, const TYPE *B,
                                   int ldb, TYPE *C, int ldc, TYPE *scratch)
 {
-    const int NW = 2 * VL;
+    const int NW = LF_PANEL_NV * VL;
     TYPE *ap = scratch, *bp = scratch + (size_t)LF_TN_KC * LF_TN_MC;
     for (int n0 = 0; n0 < N; n0 += LF_TN_NC) {
         const int nc = N - n0 < LF_TN_NC ? N - n0 : LF_TN_NC, npan = (nc + NW - 1) / NW;
         for (int k0 = 0; k0 < K; k0 += LF_TN_KC) {
             const int kc = K - k0 < LF_TN_KC ? K - k0 : LF_TN_KC;
-            for (int j = 0; j < npan; j++) {
-                const int c0 = n0 + j * NW, w = N - c0 < NW ? N - c0 : NW;
-                TYPE *dst = bp + (size_t)j * kc * NW;
-                for (int k = 0; k < kc; k++, dst += NW) {
-                    const TYPE *src = B + (size_t)(k0 + k) * ldb + c0;
-                    if (w == NW) {
-                        memcpy(dst, src, 2 * VL * sizeof(TYPE));  /* two vector moves */
-                    } else {
-                        memcpy(dst, src, (size_t)w * sizeof(TYPE));
-                        memset(dst + w, 0, (size_t)(NW - w) * sizeof(TYPE));
-                    }
-                }
-            }
+            FN(panels) pb;  /* B's block as plain panels of NW columns, zero padded */
+            FN(panels_init)(&pb, kc, 0, 0, nc, B + (size_t)k0 * ldb + n0, ldb, 0);
+            pb.data = bp;
+            FN(pack)(&pb, 0, npan);
             for (int m0 = 0; m0 < M; m0 += LF_TN_MC) {
                 const int mc = M - m0 < LF_TN_MC ? M - m0 : LF_TN_MC, mpan = (mc + 5) / 6;
                 for (int i = 0; i < mpan; i++) {

@@ -241,7 +241,7 @@ size_t FN(lf_backward_work_size)(const lf_dims *d)
     n += (LF_MAX_THREADS * (size_t)d->seq_len * sizeof(double) + sizeof(TYPE) - 1) / sizeof(TYPE);
     if (d->cell == LF_LSTM) n += B * H;
     if (lf_has_proj(d)) n += FN(panels_size)(&prt) + B * H + N * H + N * P;
-    n += (size_t)lf_max_team(d) * (FN(tn_scratch)() + 32 / sizeof(TYPE));
+    n += (size_t)lf_max_team(d) * FN(tn_scratch)();
     return n;
 }
 
@@ -618,7 +618,7 @@ static void FN(bwd_worker)(void *arg, int tid)
     const int n = (int)N;
     int r0, r1;
     TYPE *gates = c->gates;
-    TYPE *tn = c->tn + (size_t)tid * (FN(tn_scratch)() + 32 / sizeof(TYPE));
+    TYPE *tn = c->tn + (size_t)tid * FN(tn_scratch)();
     lf_split(GH, nt, tid, &r0, &r1);
     FN(weight_grad)(c->bl, r1 - r0, I, n, gates + r0, GH, c->x, c->ldx,
                     c->dw_ih + (size_t)r0 * I, I, tn);
@@ -674,7 +674,7 @@ int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
     c.norms_part = (double *)FN(take)(
         &w, (LF_MAX_THREADS * (size_t)d->seq_len * sizeof(double) + sizeof(TYPE) - 1) /
                 sizeof(TYPE));
-    c.tn = FN(take)(&w, (size_t)lf_max_team(d) * (FN(tn_scratch)() + 32 / sizeof(TYPE)));
+    c.tn = FN(take)(&w, (size_t)lf_max_team(d) * FN(tn_scratch)());
     c.dh = FN(take)(&w, (size_t)B * P);
     c.dc = lstm ? FN(take)(&w, (size_t)B * H) : NULL;
     c.hprev = FN(take)(&w, N * P);
