@@ -488,10 +488,13 @@ def test_empty_batch_gives_empty_results_like_torch(mode, lengths, batch_first):
             ([(LD, 0, case.H)] if case.is_lstm else [])
     m.train()
     m.zero_grad()
+    m.record_grad_norms = True
     y, _ = m(x, None, lengths)
     dx, dstate = m.backward(np.zeros_like(y))
     assert dx.shape == x.shape
     assert all(np.all(g == 0) for g in m.grads.values())
+    assert m.grad_norms.shape == (LD, 4) and np.all(m.grad_norms == 0)
+    m.record_grad_norms = False
     # and the layer still works on a real batch afterwards
     y2, _ = m(np.ones((4, 2, 5)).transpose(1, 0, 2) if batch_first else np.ones((4, 2, 5)))
     assert np.all(np.isfinite(y2))

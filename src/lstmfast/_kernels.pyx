@@ -113,12 +113,16 @@ cdef _check_disjoint(outputs, inputs):
 
 cdef _dims(lf_dims *d, int cell, int T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
            Py_ssize_t P, bint reverse, object lengths, int threads):
-    """Fill d after checking every size the kernel relies on; returns (N, lengths array)."""
+    """Fill d after checking every size the kernel relies on; returns (N, lengths array).
+    A batch of 0 passes (torch accepts one): forward and backward return before any
+    kernel, which needs rows."""
     if cell < 0 or cell > 3:
         raise ValueError(f"unknown cell id {cell}")
+    if B < 0:
+        raise ValueError(f"batch must be >= 0, got {B}")
     for name, v in (("T", T), ("batch", B), ("input_size", I), ("hidden_size", H),
                     ("output size", P)):
-        if v < 1:
+        if v < 1 and name != "batch":
             raise ValueError(f"{name} must be positive, got {v}")
         if v > INT_MAX:
             raise ValueError(f"{name}={v} is too large (BLAS takes 32-bit sizes)")
@@ -266,6 +270,8 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     gates = np.empty((N, GH), dtype) if training else None
     aux_size = lf_aux_size(cell, H)
     aux = np.empty((N, aux_size), dtype) if training and aux_size else None
+    if B == 0:
+        return h_n, c_n, ((gates, aux) if training else None)
     cdef int reused
     work = _take_work(scratch, lf_forward_work_size_f32(&d, training) if dtype == np.float32
                       else lf_forward_work_size_f64(&d, training), dtype, &reused)
@@ -366,6 +372,10 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
 
     dh0 = np.empty((B, P), dtype)
     dc0 = np.empty((B, H), dtype) if is_lstm else None
+    if B == 0:  # no rows: no gradient
+        if dh_norms is not None:
+            dh_norms[:] = 0
+        return dh0, dc0
     cdef int reused
     work = _take_work(scratch, lf_backward_work_size_f32(&d) if dtype == np.float32
                       else lf_backward_work_size_f64(&d), dtype, &reused)

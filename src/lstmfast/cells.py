@@ -76,13 +76,10 @@ class _CellBase(Module):
             state = [self._check(n, s, shape).reshape(B, H) for n, s in zip(names, state)]
         p = self.params
         y = np.empty((B, H), self.dtype)
-        if B == 0:  # an empty batch, as torch allows: nothing to compute
-            h_n, c_n, cache = y, y.copy(), None
-        else:
-            h_n, c_n, cache = _kernels.forward(
-                self._cell, x, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                p.get("bias_hh"), None, state[0], state[1] if self._has_cell_state else None,
-                1, None, False, self.training, y, 0, get_num_threads())
+        h_n, c_n, cache = _kernels.forward(
+            self._cell, x, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"),
+            None, state[0], state[1] if self._has_cell_state else None, 1, None, False,
+            self.training, y, 0, get_num_threads())
         if self.training:
             self._stack.append((x, state, y, cache, unbatched))
         new = [h_n, c_n] if self._has_cell_state else [h_n]
@@ -103,10 +100,6 @@ class _CellBase(Module):
              for n, g in zip(names, dnew)]
         dx = np.empty_like(x)
         p, g = self.params, self.grads
-        if B == 0:
-            self._stack.pop()
-            out = [dx, d[0].copy(), d[0].copy()] if self._has_cell_state else [dx, d[0].copy()]
-            return [o[0] if unbatched else o for o in out]
         dh0, dc0 = _kernels.backward(
             self._cell, x, p["weight_ih"], p["weight_hh"], None, state[0],
             state[1] if self._has_cell_state else None, 1, None, False, y, 0, cache,

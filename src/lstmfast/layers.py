@@ -334,9 +334,6 @@ class _RNNBase(Module):
             y = np.empty((pack.rows, D * P), self.dtype)
             caches = []
             for d in range(D):
-                if pack.B == 0:  # nothing to compute; the kernels want rows
-                    caches.append(None)
-                    continue
                 w = self._named(params, k, d)
                 i = k * D + d
                 h_n, c_n, cache = _kernels.forward(
@@ -409,8 +406,6 @@ class _RNNBase(Module):
             inp, y, mask, caches = layers[k]
             dx = np.empty_like(inp)
             for d in range(D):
-                if pack.B == 0:
-                    continue
                 w, g = self._named(params, k, d), self._named(grads, k, d)
                 i = k * D + d
                 dh0, dc0 = _kernels.backward(
