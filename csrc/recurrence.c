@@ -363,6 +363,12 @@ static void lf_team_run(lf_team *tm, lf_pool *pool, int want, void (*fn)(void *,
     for (int i = 1; i <= created; i++) pthread_join(th[i], NULL);
 }
 
+/* The most threads a team for these dims can have (per-thread scratch). */
+static int lf_max_team(const lf_dims *d)
+{
+    return d->threads < 1 ? 1 : d->threads > LF_MAX_THREADS ? LF_MAX_THREADS : d->threads;
+}
+
 /* Threads worth using: no more than requested or than there are panels to share, and
  * one when a step is too small to pay for a barrier or the call too small to pay for
  * waking a helper (~15 us) or starting a thread (70-900 us). Thresholds in
@@ -370,17 +376,10 @@ static void lf_team_run(lf_team *tm, lf_pool *pool, int want, void (*fn)(void *,
  * 1.1-1.25x faster in training, 1.0-1.2x in inference (pool). */
 static int lf_team_size(const lf_dims *d, int npanels)
 {
-    int n = d->threads < 1 ? 1 : d->threads;
+    int n = lf_max_team(d);
     if (n > npanels) n = npanels;
-    if (n > LF_MAX_THREADS) n = LF_MAX_THREADS;
     double per_step = (double)d->batch * d->out_size * lf_num_gates(d->cell) * d->hidden_size;
     return per_step < 32768 || per_step * d->seq_len < (d->pool ? 1e6 : 4e6) ? 1 : n;
-}
-
-/* The most threads a team for these dims can have (per-thread scratch). */
-static int lf_max_team(const lf_dims *d)
-{
-    return d->threads < 1 ? 1 : d->threads > LF_MAX_THREADS ? LF_MAX_THREADS : d->threads;
 }
 
 /* [lo, hi): part i of n items split into parts */
