@@ -5,7 +5,7 @@ import pytest
 
 import lstmfast
 
-SHAPES = dict(I=24, H=40, T=7, B=3)
+SHAPES = dict(I=24, H=37, T=7, B=3)  # H: whole and torn vectors in the panels
 
 
 def _layer(kind, proj, dtype, seed=0):
