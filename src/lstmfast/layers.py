@@ -38,6 +38,11 @@ def _as_float_array(name, a, dtype):
     return a.astype(dtype, copy=False)
 
 
+def _suffix(layer, direction):
+    """The end of a parameter's name, as in torch.nn: "_l1", "_l1_reverse"."""
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
 class _Packing:
     """How a [T, B] batch maps to the packed time-major rows the kernels use.
 
@@ -156,7 +161,7 @@ class _RNNBase(Module):
             if G * H * max(in_size, P) > _INT_MAX:
                 raise ValueError(f"layer {layer} weights have more than 2**31-1 elements")
             for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                sfx = _suffix(layer, d)
                 shapes = [("weight_ih" + sfx, (G * H, in_size)), ("weight_hh" + sfx, (G * H, P))]
                 if self.bias:
                     shapes += [("bias_ih" + sfx, (G * H,)), ("bias_hh" + sfx, (G * H,))]
@@ -354,7 +359,7 @@ class _RNNBase(Module):
     @staticmethod
     def _named(arrays, layer, direction):
         """{"weight_ih": ..., ...} of one layer and direction from a params/grads dict."""
-        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        sfx = _suffix(layer, direction)
         return {name[: -len(sfx)]: a for name, a in arrays.items() if name.endswith(sfx)}
 
     def backward(self, dy, dstate=None):
@@ -503,7 +508,7 @@ class LSTM(_RNNBase):
         n = 3 if bias else 2
         for k, ws in enumerate(weights):
             for d in range(D):
-                sfx = f"_l{k}" + ("_reverse" if d else "")
+                sfx = _suffix(k, d)
                 part = [np.asarray(a) for a in ws[d * n:(d + 1) * n]]
                 state["weight_ih" + sfx] = part[0].T
                 state["weight_hh" + sfx] = part[1].T

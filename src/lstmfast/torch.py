@@ -107,7 +107,7 @@ class _RNNBase(torch.nn.Module):
     def _all_weights(self):
         """Parameter names per layer and direction, in torch.nn's order."""
         names = list(self._parameters)
-        suffixes = [f"_l{k}{'_reverse' if d else ''}" for k in range(self.num_layers)
+        suffixes = [_layers._suffix(k, d) for k in range(self.num_layers)
                     for d in range(2 if self.bidirectional else 1)]
         return [[n for n in names if n.endswith(sfx)] for sfx in suffixes]
 
