@@ -22,6 +22,12 @@ def _autocast_on():
     return bool(f()) if f is not None else torch.is_autocast_enabled()
 
 
+def _check_dtype(what, t, dtype):
+    """As torch.nn: no silent conversion to the weights' dtype, except under autocast."""
+    if t.dtype != dtype and not _autocast_on():
+        raise ValueError(f"{what} must have the type {dtype}, got type {t.dtype}")
+
+
 def _np(t):
     """A numpy view of a CPU tensor (a contiguous copy first if it is not contiguous)."""
     t = t.detach()
@@ -161,11 +167,10 @@ class _RNNBase(torch.nn.Module):
             sorted_idx = unsorted_idx = None
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input must have {self.input_size} features, got {x.shape[-1]}")
-        # as torch.nn: no silent conversion, except under autocast (computed in the
-        # weights' dtype here, returned in the input's)
+        # under autocast another input dtype is computed in the weights' dtype here and
+        # returned in the input's
         out_dtype = x.dtype
-        if x.dtype != dtype and not _autocast_on():
-            raise ValueError(f"input must have the type {dtype}, got type {x.dtype}")
+        _check_dtype("input", x, dtype)
         x = x.to(work)
 
         shapes = engine._state_shapes(pack.B)
@@ -181,9 +186,7 @@ class _RNNBase(torch.nn.Module):
                 if tuple(s.shape) != shape:
                     raise ValueError(f"initial state must have shape {shape}, got "
                                      f"{tuple(s.shape)}")
-                if s.dtype != dtype and not _autocast_on():
-                    raise ValueError(f"initial state must have the type {dtype}, got type "
-                                     f"{s.dtype}")
+                _check_dtype("initial state", s, dtype)
             states = [s.to(work) for s in states]
         weights = [w.to(work) for w in weights]
 
