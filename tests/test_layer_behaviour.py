@@ -12,6 +12,7 @@ import pytest
 import lstmfast
 from layer_helpers import (
     MODE_IDS, Case, assert_close, layer_state, make_layer, make_problem, oracle, run_layer,
+    to_layout,
 )
 
 # float64 against float64 (oracle or the layer on another chunking): summation order only
@@ -254,19 +255,23 @@ def mutate_y(x, h0, c0, y):
 
 
 @pytest.mark.parametrize("mutate", [mutate_x, mutate_state, mutate_y], ids=["x", "state", "y"])
+@pytest.mark.parametrize("B, batch_first", [(3, False), (3, True), (1, True)],
+                         ids=["tmajor", "bfirst", "bfirst_b1"])
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
-def test_backward_ignores_in_place_changes_after_forward(mode, mutate, rng):
-    case = Case(mode, 2, False, T=4, B=3, I=3, H=3, with_state=True)
+def test_backward_ignores_in_place_changes_after_forward(mode, B, batch_first, mutate, rng):
+    # batch-first [1, T, F] is contiguous as the transpose of the cached [T, 1, F] output
+    case = Case(mode, 2, False, T=4, B=B, I=3, H=3, with_state=True)
     prob = make_problem(case, int(rng.integers(2**31)))
     ref = oracle(case, prob)
-    m = loaded(case, prob)
-    x, h0 = prob["x"].copy(), prob["h0"].copy()
+    m = loaded(case, prob, batch_first=batch_first)
+    x, h0 = to_layout(prob["x"], batch_first), prob["h0"].copy()
     c0 = prob["c0"].copy() if case.is_lstm else None
     y, _ = m(x, (h0, c0) if case.is_lstm else h0)
     mutate(x, h0, c0, y)
-    dx, dinit = m.backward(prob["gy"], (prob["gh"], prob["gc"]) if case.is_lstm else prob["gh"])
+    dx, dinit = m.backward(to_layout(prob["gy"], batch_first),
+                           (prob["gh"], prob["gc"]) if case.is_lstm else prob["gh"])
     dh0, _ = split_state(case, dinit)
-    assert_close(dx, ref["dx"], F64_RTOL, "dx")
+    assert_close(dx.transpose(1, 0, 2) if batch_first else dx, ref["dx"], F64_RTOL, "dx")
     assert_close(dh0, ref["dh0"], F64_RTOL, "dh0")
     for name, g in ref["grads"].items():
         assert_close(m.grads[name], g, F64_RTOL, f"grad {name}")

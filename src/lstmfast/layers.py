@@ -300,10 +300,12 @@ class _RNNBase(Module):
         draw_mask = self._draw_mask if self.training and self.dropout > 0 else None
         out, finals, layers = self._forward_packed(pack.pack(x), init, pack, self.training,
                                                    draw_mask)
-        out = pack.unpack(out)
-        # the caller gets its own array: backward reads the cached output as h_{t-1}
-        out = np.ascontiguousarray(self._time_major(out)) if self.batch_first else \
-            (out.copy() if pack.index is None and self.training else out)
+        out = self._time_major(pack.unpack(out))
+        if self.training and pack.index is None:
+            # the caller gets its own array: backward reads the cached output as h_{t-1}
+            out = np.array(out, order="C")
+        elif self.batch_first:
+            out = np.ascontiguousarray(out)
         finals = [pack.unsort_batch(s) for s in finals]
         if self.training:
             self._cache = dict(pack=pack, init=init, layers=layers, y_shape=out.shape)
