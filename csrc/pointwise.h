@@ -3,10 +3,12 @@
  *
  * exp: range reduction x = n ln2 + r, then a polynomial (float) or Cephes' rational
  * approximation (double) for e^r, scaled by 2^n built in the exponent bits; the input
- * is clamped so that 2^n stays a normal number. Max relative error, measured against
+ * is clamped so that 2^n stays a normal number below and is at most +inf above (the
+ * exponent bits of n = 128 or 1024). Max relative error, measured against
  * float64/long double references over the whole range: float 1e-7, double 4e-16.
  * sigmoid = 1 / (1 + e^-x) keeps its relative accuracy for very negative x (backward
- * multiplies by it there) and saturates without overflow or NaN for any finite x.
+ * multiplies by it there), never gives NaN for a finite x, and is exactly 0 and 1 at
+ * -inf and +inf, as torch's (0 * inf downstream is then NaN, as there).
  * tanh, float: x P(x^2) / Q(x^2), degree 4 over 4 with positive Q, fitted to float64
  * tanh on |x| <= 9 for relative error (iteratively reweighted least squares; 2e-8 in
  * exact arithmetic, 3.3e-7 evaluated in float), x clamped to +-9 and the result to
@@ -33,8 +35,10 @@
 
 static inline float lf_exp_f32(float x)
 {
-    x = x < -87.0f ? -87.0f : x;   /* e^-87 and 1/(1+e^87) are still normal numbers */
-    x = x > 87.0f ? 87.0f : x;
+    /* e^-87 is still a normal number; above 88.4 n = 128 makes the scale, and the
+     * result, +inf (sigmoid(-inf) is then exactly 0, as torch's) */
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.5f ? 88.5f : x;
     const float shift = 12582912.0f;  /* 1.5 * 2^23: adding it rounds to an integer */
     float t = x * 1.44269504088896341f + shift;
     float n = t - shift;
@@ -57,8 +61,8 @@ static inline float lf_exp_f32(float x)
 
 static inline double lf_exp_f64(double x)
 {
-    x = x < -708.0 ? -708.0 : x;
-    x = x > 708.0 ? 708.0 : x;
+    x = x < -708.0 ? -708.0 : x;   /* as in lf_exp_f32: above 709.5, n = 1024 and +inf */
+    x = x > 709.9 ? 709.9 : x;
     const double shift = 6755399441055744.0;  /* 1.5 * 2^52 */
     double t = x * 1.4426950408889634073599 + shift;
     double n = t - shift;

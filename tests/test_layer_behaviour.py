@@ -475,6 +475,33 @@ def test_nan_input_propagates_like_torch(mode, training, dtype, rng):
     assert np.all(np.isnan(y[1:, 0])), "NaN must reach every unit of row 0 from step 1 on"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_infinite_inputs_propagate_like_the_oracle(mode, dtype, rng):
+    """+-inf in the input and the initial state: the same NaN and inf elements as the
+    oracle (and torch), forward and backward. sigmoid(-inf) must be exactly 0, so that
+    0 * inf is NaN downstream; it was 1/(1 + e^87) and a GRU turned an inf in h0 into
+    finite outputs."""
+    case = Case(mode, 2, False, T=4, B=4, I=3, H=3, with_state=True)
+    prob = make_problem(case, int(rng.integers(2**31)))
+    prob["x"][1, 0, 2] = np.inf
+    prob["x"][2, 1, 0] = -np.inf
+    prob["h0"][0, 2, 1] = np.inf
+    prob["h0"][1, 3, 0] = -np.inf
+    with np.errstate(all="ignore"):
+        ref = oracle(case, prob)
+    m = loaded(case, prob, dtype)
+    got = run_layer(m, case, prob)
+    for name in ("y", "h_n", "dx", "dh0") + (("c_n",) if case.is_lstm else ()):
+        a, b = got[name], ref[name]
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        np.testing.assert_array_equal(np.isposinf(a), np.isposinf(b), err_msg=name)
+        finite = np.isfinite(b)
+        assert_close(a[finite], b[finite], 1e-5 if dtype == np.float32 else F64_RTOL, name)
+    for k, g in ref["grads"].items():
+        np.testing.assert_array_equal(np.isnan(m.grads[k]), np.isnan(g), err_msg=k)
+
+
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
 @pytest.mark.parametrize("lengths", [None, []], ids=["full", "lengths"])
 @pytest.mark.parametrize("mode", MODE_IDS)
