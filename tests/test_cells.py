@@ -81,6 +81,42 @@ def test_cell_loop_bptt_equals_layer(rng, mode, cls, kw):
                                    atol=1e-13, err_msg=k)
 
 
+@pytest.mark.parametrize("mode,cls,kw", CELLS, ids=IDS)
+def test_cell_backward_ignores_reused_buffers(rng, mode, cls, kw):
+    """A loop that refills one input buffer and one state buffer at every step (as a
+    streaming loop does) backpropagates what each step saw, as with fresh arrays."""
+    T, B, I, H = 4, 3, 4, 5
+    xs, dys = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, H))
+    lstm = mode == "LSTM"
+    results = []
+    for reuse in (False, True):
+        cell = cls(I, H, dtype=np.float64, seed=3, **kw)
+        xbuf, sbuf = np.empty((B, I)), [np.zeros((B, H)) for _ in range(2 if lstm else 1)]
+        state = [np.zeros((B, H)) for _ in sbuf]
+        for t in range(T):
+            x = xs[t].copy()
+            if reuse:
+                xbuf[...] = x
+                for b, s in zip(sbuf, state):
+                    b[...] = s
+                x, state = xbuf, sbuf
+            new = cell(x, tuple(state) if lstm else state[0])
+            state = list(new) if lstm else [new]
+        dh, dc = np.zeros((B, H)), np.zeros((B, H))
+        dxs = []
+        for t in reversed(range(T)):
+            if lstm:
+                dx, (dh, dc) = cell.backward(dh + dys[t], dc)
+            else:
+                dx, dh = cell.backward(dh + dys[t])
+            dxs.append(dx)
+        results.append((dxs, {k: g.copy() for k, g in cell.grads.items()}))
+    (dx0, g0), (dx1, g1) = results
+    np.testing.assert_array_equal(np.stack(dx1), np.stack(dx0))
+    for k in g0:
+        np.testing.assert_array_equal(g1[k], g0[k], err_msg=k)
+
+
 def test_cell_unbatched_input(rng):
     cell = lstmfast.LSTMCell(3, 4, dtype=np.float64, seed=0)
     x = rng.standard_normal(3)

@@ -74,6 +74,8 @@ class _CellBase(Module):
                 state = [state]
             shape = (H,) if unbatched else (B, H)
             state = [self._check(n, s, shape).reshape(B, H) for n, s in zip(names, state)]
+        if self.training:  # backward reads them later: the caller may reuse its arrays
+            x, state = x.copy(), [s.copy() for s in state]
         p = self.params
         y = np.empty((B, H), self.dtype)
         h_n, c_n, cache = _kernels.forward(
