@@ -283,13 +283,19 @@ def test_dropin_half_precision_modules_as_torch(kind, kw, dtype):
                                rtol=16 * eps, atol=16 * eps)
 
 
-def test_dropin_second_order_gradient_is_an_error_not_a_silent_zero():
+@pytest.mark.parametrize("dy_has_graph", [True, False])
+def test_dropin_second_order_gradient_is_an_error_not_a_silent_zero(dy_has_graph):
+    """create_graph=True raises whether or not the incoming gradient has a graph: for a
+    gradient penalty on y.sum() it has none, and the gradient came back without one."""
     m = lt.LSTM(3, 4, dtype=torch.float64)
-    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     y, _ = m(x)
-    g, = torch.autograd.grad(y.pow(2).sum(), m.weight_hh_l0, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        g.pow(2).sum().backward()
+    out = y.pow(2).sum() if dy_has_graph else y.sum()
+    with pytest.raises(RuntimeError, match="differentiated twice"):
+        torch.autograd.grad(out, (x, m.weight_hh_l0), create_graph=True)
+    y, _ = m(x)  # the module still trains
+    y.sum().backward()
+    assert x.grad is not None and m.weight_hh_l0.grad is not None
 
 
 def test_dropin_all_weights_and_flatten_parameters_as_torch():

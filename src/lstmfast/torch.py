@@ -54,8 +54,12 @@ class _Recurrence(torch.autograd.Function):
         return (out,) + tuple(torch.from_numpy(f) for f in finals)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # create_graph: an error, not a silent 0
     def backward(ctx, dy, *dfinal):
+        # autograd runs backward with grad mode on exactly when create_graph=True; the
+        # gradients computed here have no graph, so a second derivative would be 0
+        if torch.is_grad_enabled():
+            raise RuntimeError("lstmfast: the recurrence cannot be differentiated twice "
+                               "(create_graph=True is not supported)")
         if ctx.layers is None:
             raise RuntimeError("lstmfast: this graph was already backpropagated "
                                "(retain_graph is not supported)")
