@@ -233,6 +233,14 @@ def test_dropin_errors():
         lt.LSTM(4, 5, proj_size=5)
     with pytest.raises(TypeError, match="bias should be of type bool, got: int"):
         lt.GRU(4, 5, bias=0)
+    x, h = torch.randn(3, 2, 4), torch.zeros(1, 2, 5)
+    # an extra item once shifted every weight by one slot (wrong output when it fit)
+    for hx, err, what in [((h, h, h), ValueError, "got 3 items"), (h, ValueError, "got Tensor"),
+                          ((h, None), TypeError, "got NoneType")]:
+        with pytest.raises(err, match=what):
+            m(x, hx)
+    with pytest.raises(TypeError, match="got tuple"):
+        lt.GRU(4, 5)(x, (h,))
 
 
 def test_dropin_refuses_mismatched_dtypes_like_torch():
@@ -246,6 +254,9 @@ def test_dropin_refuses_mismatched_dtypes_like_torch():
         m(x, (h.double(), h))
     with pytest.raises(ValueError, match="must have the type torch.float64"):
         lt.GRU(4, 5, dtype=torch.float64)(x)
+    m.weight_hh_l0.data = m.weight_hh_l0.data.double()  # torch.nn raises too
+    with pytest.raises(ValueError, match="weight_hh_l0 has type torch.float64"):
+        m(x)
 
 
 def test_dropin_under_autocast_takes_other_dtypes_like_torch():

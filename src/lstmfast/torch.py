@@ -149,6 +149,10 @@ class _RNNBase(torch.nn.Module):
         names = list(self._engine(torch.float32).params)
         weights = [getattr(self, n) for n in names]
         dtype = weights[0].dtype
+        for n, w in zip(names, weights):
+            if w.dtype != dtype:
+                raise ValueError(f"every parameter must have the type of {names[0]}, {dtype}; "
+                                 f"{n} has type {w.dtype}")
         # half precision runs in float32 (the kernels' narrowest), casts tracked by autograd
         work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         engine = self._engine(work)
@@ -181,7 +185,14 @@ class _RNNBase(torch.nn.Module):
         if hx is None:
             states = [torch.zeros(s, dtype=work) for s in shapes]
         else:
+            if engine._has_cell_state and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise ValueError("hx must be a tuple (h_0, c_0) of two tensors, got "
+                                 + (f"{len(hx)} items" if isinstance(hx, (tuple, list))
+                                    else type(hx).__name__))
             states = list(hx) if engine._has_cell_state else [hx]
+            for s in states:
+                if not isinstance(s, torch.Tensor):
+                    raise TypeError(f"hx must hold tensors, got {type(s).__name__}")
             if not packed and unbatched:
                 states = [s.unsqueeze(1) for s in states]
             if sorted_idx is not None:
