@@ -328,6 +328,19 @@ def test_dropin_nonpositive_sizes_are_value_errors(sizes):
         lt.GRU(*sizes)
 
 
+def test_bfloat16_tensors_load_and_run_as_float32(rng):
+    """numpy has no bfloat16: torch's .numpy() refuses it, so it goes through float32."""
+    ref = torch.nn.LSTM(3, 4).to(torch.bfloat16)
+    ours = lstmfast.LSTM.from_torch(ref)
+    assert ours.dtype == np.float32
+    for k, v in ref.state_dict().items():
+        np.testing.assert_array_equal(ours.params[k], v.float().numpy())
+    again = lstmfast.LSTM(3, 4)
+    again.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3).bfloat16()
+    np.testing.assert_array_equal(again(x)[0], ours(x.float().numpy())[0])
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_from_torch_to_torch_round_trip(rng, kind):
     kw = {"proj_size": 2} if kind == "LSTM" else {}

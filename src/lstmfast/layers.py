@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _kernels
 from .threads import get_num_threads
-from .module import Module
+from .module import Module, _from_torch
 
 __all__ = ["LSTM", "GRU", "RNN"]
 
@@ -31,7 +31,7 @@ def _positive_int(name, value, minimum=1):
 def _as_float_array(name, a, dtype):
     """a as an ndarray of `dtype`; any real numeric array-like (or torch tensor) is accepted."""
     if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor
-        a = a.detach().cpu().numpy()
+        a = _from_torch(a)
     a = np.asarray(a)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
@@ -57,7 +57,7 @@ class _Packing:
         self.rows = T * B
         if lengths is None:
             return
-        lengths = np.asarray(lengths.detach().cpu().numpy() if hasattr(lengths, "detach")
+        lengths = np.asarray(_from_torch(lengths) if hasattr(lengths, "detach")
                              else lengths)
         if lengths.size == 0:  # [] for an empty batch: numpy makes it float
             lengths = lengths.astype(np.int64)
@@ -219,7 +219,7 @@ class _RNNBase(Module):
         if type(module).__name__ != cls.__name__ or not hasattr(module, "state_dict"):
             raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{cls.__name__}, "
                             f"got {type(module).__name__}")
-        state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+        state = {k: _from_torch(v) for k, v in module.state_dict().items()}
         if dtype is None:
             dtype = next(iter(state.values())).dtype
             dtype = dtype if dtype in (np.float32, np.float64) else np.float32

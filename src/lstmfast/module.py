@@ -4,6 +4,14 @@ import numpy as np
 __all__ = ["Module"]
 
 
+def _from_torch(t):
+    """A torch tensor's values as an ndarray (bfloat16, which numpy lacks, as float32)."""
+    t = t.detach().cpu()
+    if str(t.dtype) == "torch.bfloat16":
+        t = t.float()
+    return t.numpy()
+
+
 class Module:
     """A layer that owns named parameters and their gradients.
 
@@ -63,7 +71,7 @@ class Module:
         for k, p in self.params.items():
             v = state_dict[k]
             if hasattr(v, "detach"):  # a torch tensor
-                v = v.detach().cpu().numpy()
+                v = _from_torch(v)
             v = np.asarray(v)
             if v.shape != p.shape:
                 raise ValueError(f"state_dict[{k!r}] has shape {v.shape}, expected {p.shape}")
