@@ -486,7 +486,8 @@ class LSTM(_RNNBase):
 
         A list of 3 arrays (2 without bias) per direction, as Keras' LSTM (or, with
         bidirectional=True, Bidirectional(LSTM)) returns them; kwargs go to the
-        constructor (batch_first, stateful, ...).
+        constructor (stateful, ...). Keras' input is [batch, time, features]: pass
+        batch_first=True for it (the default is time-major, as everywhere here).
         """
         weights = list(weights)
         if weights and not isinstance(weights[0], (list, tuple)):
