@@ -5,6 +5,7 @@ Budgets are small (the whole file runs in well under 30 s). Accuracy margins com
 (chance 0.25) and the LSTM 1.00 on every seed.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from lstmfast import __main__ as cli
-from lstmfast import demo, textlm
+from lstmfast import bench, demo, textlm
 
 
 def run_cli(*args, timeout=120):
@@ -187,3 +188,18 @@ def test_sampling_temperature():
     assert len(a) == 50 and a == textlm.sample(model, 50, 0.5, rng=1)
     with pytest.raises(ValueError, match="temperature"):
         textlm.sample(model, 5, 0.0)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--pause", "-1"], "--pause takes seconds >= 0"),
+    (["--pause", "nan"], "--pause takes seconds >= 0"),
+    (["--json", "{tmp}/missing/run.json"], "--json .* cannot write there"),
+    (["--plot", "{tmp}"], "--plot .* cannot write there"),
+], ids=["negative-pause", "nan-pause", "json-folder-missing", "plot-is-a-folder"])
+def test_bench_rejects_bad_arguments_before_running(tmp_path, capsys, argv, msg):
+    """Refused as argparse errors before any timing: the outputs are written at the end of
+    a run of many minutes, which a bad path would have lost."""
+    with pytest.raises(SystemExit) as e:
+        bench.main([a.format(tmp=tmp_path) for a in argv])
+    assert e.value.code == 2
+    assert re.search(msg, capsys.readouterr().err)

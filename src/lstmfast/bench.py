@@ -494,6 +494,14 @@ def main(argv=None):
         p.error(f"--impls takes a subset of {','.join(IMPLS)}, got {args.impls!r}")
     if args.threads < 1 or args.repeat < 1:
         p.error("--threads and --repeat must be >= 1")
+    if not args.pause >= 0 or args.pause == float("inf"):
+        p.error(f"--pause takes seconds >= 0, got {args.pause}")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        # written after the whole run: a path that cannot be written would lose it
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if path and (os.path.isdir(path) or not os.path.isdir(folder)
+                     or not os.access(folder, os.W_OK)):
+            p.error(f"{flag} {path}: cannot write there (not a file in a writable folder)")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
