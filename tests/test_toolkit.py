@@ -3,6 +3,7 @@
 Gradients are checked by float64 central finite differences; optimizers against
 hand-computed steps and, when torch is importable, against torch.optim.
 """
+import io
 import os
 
 import numpy as np
@@ -730,3 +731,6 @@ def test_checkpoint_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="'a.b.c' is produced by two modules"):
         save(tmp_path / "c.npz", {"a": a, "a.b": b})
     assert not os.path.exists(tmp_path / "c.npz")
+    for f in (save, load):  # not "not a valid .npz file": the file object is the problem
+        with pytest.raises(TypeError, match="file objects are not supported"):
+            f(io.BytesIO(), {"m": Linear(2, 2)})

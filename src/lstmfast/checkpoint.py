@@ -37,6 +37,15 @@ def _flat_keys(modules):
     return keys
 
 
+def _path(path):
+    """path as a str; file objects are refused (save renames its file into place)."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"a checkpoint path must be a str or os.PathLike (file objects are "
+                        f"not supported), got {type(path).__name__}") from None
+
+
 def save(path, modules):
     """Write every parameter of ``modules`` ({name: Module}) to the .npz file ``path``.
 
@@ -46,7 +55,7 @@ def save(path, modules):
     """
     _check_modules(modules)
     arrays = {key: modules[m].params[p] for key, (m, p) in _flat_keys(modules).items()}
-    path = os.fspath(path)
+    path = _path(path)
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -87,6 +96,7 @@ def load(path, modules):
     """
     _check_modules(modules)
     keys = _flat_keys(modules)
+    path = _path(path)
     arrays = _read(path)
     missing = sorted(set(keys) - set(arrays))
     unexpected = sorted(set(arrays) - set(keys))
