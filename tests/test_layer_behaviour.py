@@ -299,6 +299,9 @@ def test_eval_mode_keeps_no_cache_and_backward_raises(mode, rng):
     m.train()
     with pytest.raises(RuntimeError, match="training-mode forward"):
         m.backward(np.ones_like(y))
+    with pytest.raises(ValueError, match="expected to be a bool"):  # as torch.nn.Module
+        m.eval().train("False")
+    assert not m.training
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])

@@ -44,6 +44,8 @@ class Module:
             g[...] = 0
 
     def train(self, mode=True):
+        if not isinstance(mode, (bool, np.bool_)):  # train("False") would mean training
+            raise ValueError(f"training mode is expected to be a bool, got {mode!r}")
         self.training = bool(mode)
         return self
 
