@@ -233,6 +233,8 @@ def test_dropin_errors():
         lt.LSTM(4, 5, proj_size=5)
     with pytest.raises(TypeError, match="bias should be of type bool, got: int"):
         lt.GRU(4, 5, bias=0)
+    with pytest.raises(TypeError, match="batch_first should be of type bool, got: int"):
+        lt.LSTM(4, 5, batch_first=1)
     x, h = torch.randn(3, 2, 4), torch.zeros(1, 2, 5)
     # an extra item once shifted every weight by one slot (wrong output when it fit)
     for hx, err, what in [((h, h, h), ValueError, "got 3 items"), (h, ValueError, "got Tensor"),

@@ -85,8 +85,9 @@ class _RNNBase(torch.nn.Module):
         super().__init__()
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"lstmfast runs on the CPU; got device={device}")
-        if not isinstance(bias, bool):  # torch.nn's check
-            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        for name, flag in (("bias", bias), ("batch_first", batch_first)):  # torch.nn's checks
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
         dtype = dtype or torch.get_default_dtype()
         if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             raise TypeError(f"dtype must be a floating point dtype, got {dtype}")
