@@ -125,6 +125,15 @@ FORWARD_ERRORS = {
     # T*B = 2**32 rows: refused before anything is allocated (x is a zero-stride view)
     "x_too_many_rows": (lambda m, a: m(np.broadcast_to(np.zeros(I), (2**16, 2**16, I))),
                         ValueError, "too large"),
+    # ... also before x is converted to the layer's dtype (that copy would take 160 GiB)
+    "x_too_many_rows_int8": (
+        lambda m, a: m(np.broadcast_to(np.zeros(I, np.int8), (2**16, 2**16, I))),
+        ValueError, "too large"),
+    # T alone beyond 32 bits, with an empty batch (no rows, but T reaches the kernels)
+    "x_T_2e31_empty_batch": (lambda m, a: m(np.zeros((2**31, 0, I))), ValueError,
+                             "too large"),
+    "x_T_2e31_empty_batch_lengths": (lambda m, a: m(np.zeros((2**31, 0, I)), None, []),
+                                     ValueError, "too large"),
     # lengths
     "lengths_count": (lambda m, a: m(a.x, None, [T, T]), ValueError,
                       r"lengths must have shape \(3,\)"),

@@ -2,6 +2,7 @@
 train/eval and the forward/backward protocol, gradient accumulation, state_dict, repr,
 threads, and numerical safety for huge inputs.
 """
+import threading
 import tracemalloc
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -336,6 +337,74 @@ def test_backward_twice_raises_and_forward_rearms(rng):
         m.backward(np.ones_like(y))
     y, _ = m(x)
     m.backward(np.ones_like(y))
+
+
+@pytest.mark.parametrize("spoil", ["read-only", "float32", "replaced-shape"])
+def test_backward_with_unusable_grads_raises_before_touching_the_cache(rng, spoil):
+    """A grads array the kernels cannot write (here layer 0's, reached after layer 1's
+    kernel) is refused up front; the cache is intact, so the corrected retry is exact.
+    It was refused between the two layers' kernels, after layer 1's had overwritten the
+    cache, and the retry returned wrong gradients without an error."""
+    make = lambda: lstmfast.LSTM(3, 4, 2, seed=0, dtype=np.float64)
+    x, dy = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))
+    ref = make()
+    ref(x)
+    want = ref.backward(dy)[0]
+    m = make()
+    m(x)
+    good = m.grads["weight_ih_l0"]
+    if spoil == "read-only":
+        good.setflags(write=False)
+    else:
+        m.grads["weight_ih_l0"] = (good.astype(np.float32) if spoil == "float32"
+                                   else np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"grads\['weight_ih_l0'\] must be a writable"):
+        m.backward(dy)
+    good.setflags(write=True)
+    m.grads["weight_ih_l0"] = good
+    np.testing.assert_array_equal(m.backward(dy)[0], want)
+    for k, g in ref.grads.items():
+        np.testing.assert_array_equal(m.grads[k], g, err_msg=k)
+
+
+class _BlockingArray:
+    """An array-like whose conversion waits for an event: it holds a call open."""
+
+    def __init__(self, a, entered, release):
+        self.a, self.entered, self.release = a, entered, release
+
+    def __array__(self, dtype=None, copy=None):
+        self.entered.set()
+        assert self.release.wait(10)
+        return self.a
+
+
+@pytest.mark.parametrize("cell", [False, True], ids=["layer", "cell"])
+def test_training_calls_from_two_threads_at_once_are_refused(rng, cell):
+    """A training layer keeps one pending forward and adds into its grads: a second
+    thread's training call during another's is an error, not mixed-up gradients."""
+    m = lstmfast.LSTMCell(3, 4, seed=0) if cell else lstmfast.LSTM(3, 4, seed=0)
+    x = rng.standard_normal((2, 3) if cell else (5, 2, 3))
+    entered, release = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(m, _BlockingArray(x, entered, release))
+        assert entered.wait(10)
+        with pytest.raises(RuntimeError, match="training-mode call in another thread"):
+            m(x)
+        with pytest.raises(RuntimeError, match="training-mode call in another thread"):
+            m.backward(np.ones((2, 4) if cell else (5, 2, 4)))
+        release.set()
+        out = first.result()
+    m.backward(np.ones_like(out[0]))  # the first call's forward is the pending one
+    m.eval()
+    entered.clear()
+    release.clear()
+    with ThreadPoolExecutor(max_workers=1) as pool:  # eval calls may overlap
+        first = pool.submit(m, _BlockingArray(x, entered, release))
+        assert entered.wait(10)
+        m(x)
+        release.set()
+        first.result()
 
 
 def test_backward_before_forward_raises():

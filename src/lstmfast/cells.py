@@ -53,7 +53,11 @@ class _CellBase(Module):
         return np.ascontiguousarray(a)
 
     def _step(self, x, state):
-        """Validate, run one step; returns (new state list, unbatched flag)."""
+        with self._training_call():
+            return self._run_step(x, state)
+
+    def _run_step(self, x, state):
+        """Validate, run one step; returns the new state list."""
         x = _as_float_array("x", x, self.dtype)
         unbatched = x.ndim == 1
         if unbatched:
@@ -88,6 +92,10 @@ class _CellBase(Module):
         return [s[0] if unbatched else s for s in new]
 
     def _backward(self, dnew):
+        with self._training_call():
+            return self._run_backward(dnew)
+
+    def _run_backward(self, dnew):
         if not self.training:
             raise RuntimeError("backward() needs training-mode forwards; this cell is in eval "
                                "mode (call .train())")

@@ -29,13 +29,14 @@ def _positive_int(name, value, minimum=1):
 
 
 def _as_float_array(name, a, dtype):
-    """a as an ndarray of `dtype`; any real numeric array-like (or torch tensor) is accepted."""
+    """a as an ndarray of `dtype` (None: its own); any real numeric array-like (or torch
+    tensor) is accepted."""
     if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor
         a = _from_torch(a)
     a = np.asarray(a)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    return a.astype(dtype, copy=False)
+    return a if dtype is None else a.astype(dtype, copy=False)
 
 
 def _suffix(layer, direction):
@@ -189,7 +190,7 @@ class _RNNBase(Module):
     def __getstate__(self):
         # copies and pickles leave out the kernel work buffers (up to twice the weights
         # in eval mode); the next call makes new ones
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state["_scratch"] = {}
         return state
 
@@ -280,7 +281,11 @@ class _RNNBase(Module):
         return self.forward(x, state, lengths)
 
     def forward(self, x, state=None, lengths=None):
-        x = _as_float_array("x", x, self.dtype)
+        with self._training_call():
+            return self._forward(x, state, lengths)
+
+    def _forward(self, x, state, lengths):
+        x = _as_float_array("x", x, None)  # converted once its sizes are known to be sane
         layout = "[batch, T, input_size]" if self.batch_first else "[T, batch, input_size]"
         if x.ndim != 3:
             raise ValueError(f"x must be 3-d {layout}, got shape {x.shape}")
@@ -292,8 +297,9 @@ class _RNNBase(Module):
         if T < 1:  # an empty batch is fine, as in torch: empty outputs, no gradient
             raise ValueError(f"x must have at least one timestep, got shape "
                              f"{self._time_major(x).shape}")
-        if T * B > _INT_MAX:
-            raise ValueError(f"T*batch={T * B} is too large (BLAS takes 32-bit sizes)")
+        if T * B > _INT_MAX or T > _INT_MAX:
+            raise ValueError(f"T={T} with batch={B} is too large (BLAS takes 32-bit sizes)")
+        x = x.astype(self.dtype, copy=False)
         pack = _Packing(T, B, lengths)
         init = [pack.sort_batch(s) for s in self._initial_state(state, B)]
 
@@ -371,6 +377,10 @@ class _RNNBase(Module):
         None for zeros. Returns (dx, d(initial state)), shaped like x and the state.
         The forward's cache is consumed: each forward allows one backward.
         """
+        with self._training_call():
+            return self._backward(dy, dstate)
+
+    def _backward(self, dy, dstate):
         if not self.training:
             raise RuntimeError("backward() needs a forward in training mode; this layer is in "
                                "eval mode (call .train())")
@@ -390,10 +400,12 @@ class _RNNBase(Module):
             if p.shape != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {p.shape}")
             dfinal.append(pack.sort_batch(p))
+        self._check_grads()
 
+        # consumed from here on, even if a kernel fails: they overwrite the cached gates
+        self._cache = None
         dx, dinit = self._backward_packed(layers, init, pack, pack.pack(self._time_major(dy)),
                                           dfinal)
-        self._cache = None
         dx = pack.unpack(dx)
         dx = np.ascontiguousarray(self._time_major(dx)) if self.batch_first else dx
         dinit = [pack.unsort_batch(s) for s in dinit]

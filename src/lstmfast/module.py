@@ -1,4 +1,7 @@
 """The base every lstmfast layer shares: parameters, gradients, train/eval, state_dict."""
+import contextlib
+import threading
+
 import numpy as np
 
 __all__ = ["Module"]
@@ -33,6 +36,42 @@ class Module:
         value = np.array(value, dtype=self.dtype, order="C")  # always a copy: params are updated in place
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_busy", None)  # a lock: not picklable, and not the copy's
+        return state
+
+    @contextlib.contextmanager
+    def _training_call(self):
+        """A training-mode call, refused while another thread is in one: a training layer
+        keeps one pending forward and adds into its grads, neither of which two threads
+        can share (eval-mode calls can run concurrently)."""
+        if not self.training:
+            yield
+            return
+        busy = self.__dict__.setdefault("_busy", threading.Lock())
+        if not busy.acquire(blocking=False):
+            raise RuntimeError(f"this {type(self).__name__} is in a training-mode call in "
+                               f"another thread: in training mode a layer keeps one pending "
+                               f"forward and its grads, so threads cannot share it (in eval "
+                               f"mode they can)")
+        try:
+            yield
+        finally:
+            busy.release()
+
+    def _check_grads(self):
+        """Every gradient array as the kernels need it, checked before a backward starts
+        (one that fails half-way has already overwritten its cache)."""
+        for k, p in self.params.items():
+            g = self.grads.get(k)
+            if not (isinstance(g, np.ndarray) and g.dtype == self.dtype and g.shape == p.shape
+                    and g.flags.c_contiguous and g.flags.writeable):
+                got = (f"{g.dtype} {g.shape}, C-contiguous {g.flags.c_contiguous}, writable "
+                       f"{g.flags.writeable}" if isinstance(g, np.ndarray) else type(g).__name__)
+                raise ValueError(f"grads[{k!r}] must be a writable C-contiguous {self.dtype} "
+                                 f"array of shape {p.shape}, got {got}")
 
     def named_parameters(self):
         """Yield ``(name, param, grad)`` for every parameter."""
