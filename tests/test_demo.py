@@ -203,3 +203,30 @@ def test_bench_rejects_bad_arguments_before_running(tmp_path, capsys, argv, msg)
         bench.main([a.format(tmp=tmp_path) for a in argv])
     assert e.value.code == 2
     assert re.search(msg, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--seconds", "nan"], "--seconds must be a number of seconds >= 0"),
+    (["--seconds", "-1"], "--seconds must be a number of seconds >= 0"),
+    (["--sample-every", "-1"], "--sample-every must be a number of seconds >= 0"),
+    (["--save", "{tmp}/missing/model.npz"], "--save .* cannot write there"),
+], ids=["nan-seconds", "negative-seconds", "negative-sample-every", "save-folder-missing"])
+def test_text_rejects_bad_arguments_before_training(tmp_path, capsys, argv, msg):
+    """A NaN budget skipped training silently; a negative sample period sampled after
+    every step; an unwritable --save path lost the run at its end."""
+    assert textlm.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert re.search(msg, capsys.readouterr().err)
+
+
+def test_text_training_ends_with_a_validation_loss_after_a_late_sample():
+    """When a sample runs past the time budget the loop stops before its next report:
+    the last steps still get a train and validation loss (it was NaN with no report)."""
+    text, _ = textlm.load_corpus(20_000, seed=0)
+    vocab = textlm.Vocab.from_text(text)
+    model = textlm.CharLSTM(vocab, hidden=8, embed=4)
+    ids = vocab.encode(text)
+    stats = textlm.train(model, ids[:-2000], ids[-2000:], seconds=0.3, batch=4, bptt=8,
+                         print_every=1e9, sample_every=1e-9, sample_chars=2000,
+                         progress=False, log=lambda line: None)
+    assert stats["steps"] >= 1
+    assert np.isfinite(stats["train_loss"]) and np.isfinite(stats["val_loss"])

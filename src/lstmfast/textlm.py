@@ -327,6 +327,8 @@ def train(model, train_ids, val_ids, seconds, *, batch=32, bptt=64, lr=2e-3, cli
                 text = sample(model, sample_chars, temperature, rng)
                 bar.write(f"--- sample at {elapsed:.0f}s (temperature {temperature:g}) ---\n"
                           f"{text}\n---", log)
+    if window_n:  # the budget ran out during a sample, after the last report
+        stats.update(train_loss=window / window_n, val_loss=evaluate(model, val_ids))
     stats.update(steps=step, chars=chars, seconds=time.perf_counter() - t0)
     return stats
 
@@ -405,9 +407,17 @@ def build_parser(prog="python -m lstmfast text"):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.seconds < 0:
-        print("error: --seconds must be >= 0", file=sys.stderr)
-        return 2
+    for flag, v in (("--seconds", args.seconds), ("--sample-every", args.sample_every)):
+        if not 0 <= v < math.inf:
+            print(f"error: {flag} must be a number of seconds >= 0, got {v}", file=sys.stderr)
+            return 2
+    if args.save:  # written after the training: a path that cannot be written would lose it
+        folder = os.path.dirname(os.path.abspath(args.save))
+        if os.path.isdir(args.save) or not os.path.isdir(folder) \
+                or not os.access(folder, os.W_OK):
+            print(f"error: --save {args.save}: cannot write there (not a file in a writable "
+                  f"folder)", file=sys.stderr)
+            return 2
     with limit_threads(args.threads) as threads_note:
         return _run(args, threads_note)
 
