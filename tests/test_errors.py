@@ -163,9 +163,12 @@ FORWARD_ERRORS = {
 }
 
 LSTM_STATE_ERRORS = {
-    "state_array": (lambda m, a: m(a.x, a.h0), TypeError, r"state must be a tuple \(h, c\)"),
+    "state_array": (lambda m, a: m(a.x, a.h0), TypeError,
+                    r"state must be a tuple \(h, c\) for LSTM, got ndarray"),
     "state_triple": (lambda m, a: m(a.x, (a.h0, a.c0, a.c0)), TypeError,
-                     r"state must be a tuple \(h, c\)"),
+                     r"state must be a tuple \(h, c\) for LSTM, got a tuple of 3"),
+    "state_single": (lambda m, a: m(a.x, (a.h0,)), TypeError,
+                     r"state must be a tuple \(h, c\) for LSTM, got a tuple of 1"),
     "h0_shape": (lambda m, a: m(a.x, (a.c0, a.c0)), ValueError,
                  rf"h0 must have shape \({LD}, {B}, {P}\)"),
     "c0_shape": (lambda m, a: m(a.x, (a.h0, a.h0)), ValueError,

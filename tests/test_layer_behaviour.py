@@ -221,14 +221,17 @@ def test_other_dtypes_are_converted(dtype, src_dtype, rng):
         assert np.array_equal(u, v)
 
 
-@pytest.mark.parametrize("form", ["list", "tuple", "int32", "uint8", "int64_strided"])
+@pytest.mark.parametrize("form", ["list", "tuple", "int32", "uint8", "int64_strided",
+                                  "mixed_numpy_ints"])
 def test_lengths_forms(form, rng):
     m = lstmfast.GRU(3, 4, bidirectional=True, dtype=np.float64, seed=1)
     x = rng.standard_normal((5, 4, 3))
     base = [3, 5, 1, 3]
     lengths = {"list": base, "tuple": tuple(base), "int32": np.array(base, np.int32),
                "uint8": np.array(base, np.uint8),
-               "int64_strided": np.array([3, 0, 5, 0, 1, 0, 3, 0], np.int64)[::2]}[form]
+               "int64_strided": np.array([3, 0, 5, 0, 1, 0, 3, 0], np.int64)[::2],
+               # np.asarray makes int64 with uint64 a float array
+               "mixed_numpy_ints": [np.int64(3), np.uint64(5), 1, np.int8(3)]}[form]
     want = forward_backward(m, x, lengths=np.array(base))
     got = forward_backward(m, x, lengths=lengths)
     for u, v in zip(got, want):

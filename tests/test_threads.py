@@ -60,6 +60,11 @@ def test_set_num_threads_validates(restore_threads):
             lstmfast.set_num_threads(bad)
     lstmfast.set_num_threads(3)
     assert lstmfast.get_num_threads() == 3
+    lstmfast.set_num_threads(np.int64(2))  # numpy integers too, as every size argument
+    assert lstmfast.get_num_threads() == 2 and type(lstmfast.get_num_threads()) is int
+    for bad in (np.float64(2), np.True_):
+        with pytest.raises(ValueError, match="positive int"):
+            lstmfast.set_num_threads(bad)
     lstmfast.set_num_threads(None)
     assert lstmfast.get_num_threads() >= 1
 

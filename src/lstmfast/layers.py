@@ -58,8 +58,14 @@ class _Packing:
         self.rows = T * B
         if lengths is None:
             return
-        lengths = np.asarray(_from_torch(lengths) if hasattr(lengths, "detach")
-                             else lengths)
+        if hasattr(lengths, "detach"):
+            lengths = _from_torch(lengths)
+        elif isinstance(lengths, (list, tuple)) and lengths and \
+                all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                    for v in lengths):
+            # integers of mixed numpy types (int64 and uint64) would make a float array
+            lengths = [int(v) for v in lengths]
+        lengths = np.asarray(lengths)
         if lengths.size == 0:  # [] for an empty batch: numpy makes it float
             lengths = lengths.astype(np.int64)
         if lengths.dtype.kind not in "iu":
@@ -268,8 +274,11 @@ class _RNNBase(Module):
     def _split_state(self, state, name):
         if self._has_cell_state:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
+                got = type(state).__name__
+                if isinstance(state, (tuple, list)):
+                    got = f"a {got} of {len(state)}"
                 raise TypeError(f"{name} must be a tuple (h, c) for {type(self).__name__}, "
-                                f"got {type(state).__name__}")
+                                f"got {got}")
             return list(state)
         return [state]
 

@@ -1,5 +1,8 @@
 """How many threads lstmfast's kernels may use (its own, and BLAS inside its calls)."""
+import operator
 import os
+
+import numpy as np
 
 __all__ = ["set_num_threads", "get_num_threads"]
 
@@ -17,8 +20,13 @@ def set_num_threads(n):
     """
     global _requested
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        try:  # any integer type (numpy's too), not a float or a bool
+            value = operator.index(n)
+        except TypeError:
+            value = None
+        if isinstance(n, (bool, np.bool_)) or value is None or value < 1:
             raise ValueError(f"the number of threads must be a positive int, got {n!r}")
+        n = value
     _requested = n
 
 
