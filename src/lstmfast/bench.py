@@ -35,6 +35,7 @@ import numpy as np
 
 from . import _peers
 from ._peers import PEERS, PeerMismatch, Problem, gflop, set_threads, verify
+from .demo import _cannot_write
 
 __all__ = ["LSTM_SHAPES", "LSTM_INFER_SHAPES", "FLOAT64_SHAPES", "GRU_SHAPES", "RNN_SHAPES",
            "shape_name", "parse_shape", "main"]
@@ -497,11 +498,8 @@ def main(argv=None):
     if not args.pause >= 0 or args.pause == float("inf"):
         p.error(f"--pause takes seconds >= 0, got {args.pause}")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        # written after the whole run: a path that cannot be written would lose it
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if path and (os.path.isdir(path) or not os.path.isdir(folder)
-                     or not os.access(folder, os.W_OK)):
-            p.error(f"{flag} {path}: cannot write there (not a file in a writable folder)")
+        if path and _cannot_write(path):
+            p.error(f"{flag} {_cannot_write(path)}")
     if args.plot:
         try:
             import matplotlib  # noqa: F401

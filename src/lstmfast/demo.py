@@ -32,6 +32,7 @@ seeds and take about 30 s on two quiet cores.
 import argparse
 import contextlib
 import dataclasses
+import os
 import sys
 import time
 
@@ -518,6 +519,15 @@ def _int_list(text):
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"lengths must be positive integers, got {text!r}")
     return values
+
+
+def _cannot_write(path):
+    """Why no file can be written at path, or None: for outputs that a long run writes at
+    its end, checked before it starts."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        return f"{path}: cannot write there (not a file in a writable folder)"
+    return None
 
 
 def _positive(kind):

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from . import checkpoint, nn, optim
-from .demo import _positive, limit_threads, progress_bar
+from .demo import _cannot_write, _positive, limit_threads, progress_bar
 from .layers import LSTM
 from .module import Module
 
@@ -411,13 +411,9 @@ def main(argv=None):
         if not 0 <= v < math.inf:
             print(f"error: {flag} must be a number of seconds >= 0, got {v}", file=sys.stderr)
             return 2
-    if args.save:  # written after the training: a path that cannot be written would lose it
-        folder = os.path.dirname(os.path.abspath(args.save))
-        if os.path.isdir(args.save) or not os.path.isdir(folder) \
-                or not os.access(folder, os.W_OK):
-            print(f"error: --save {args.save}: cannot write there (not a file in a writable "
-                  f"folder)", file=sys.stderr)
-            return 2
+    if args.save and _cannot_write(args.save):
+        print(f"error: --save {_cannot_write(args.save)}", file=sys.stderr)
+        return 2
     with limit_threads(args.threads) as threads_note:
         return _run(args, threads_note)
 
