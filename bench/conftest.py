@@ -75,13 +75,21 @@ def run_case(benchmark):
         problem.reference(mode)
         peer = cls()
         peer.setup(problem, mode, THREADS)
-        t0 = time.perf_counter()
         try:
             err = _peers.verify(peer, problem, mode)       # the warm-up call as well
         except _peers.PeerMismatch as e:
             pytest.fail(str(e), pytrace=False)
-        t = time.perf_counter() - t0
         fn = peer.infer if mode == "infer" else peer.train_step
+        # the call's time, for the rounds below: the median of three warm calls (the first
+        # call, or one right after another peer's, can take several times longer, which
+        # gave that peer fewer iterations per round than the others)
+        time.sleep(PAUSE)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        t = float(np.median(times))
         # Modest rounds: ~TARGET seconds per benchmark, at least 3 rounds; calls under
         # 20 ms are repeated within a round so the timer's resolution does not matter.
         iterations = max(1, int(0.02 / t))

@@ -5,10 +5,12 @@ import time
 
 import pytest
 
-from conftest import PAUSE
+from conftest import PAUSE, THREADS
 
-pytest.importorskip("torch", reason="torch is not installed: no peer to compare")
+torch = pytest.importorskip("torch", reason="torch is not installed: no peer to compare")
 from lstmfast import _surface  # noqa: E402
+
+torch.set_num_threads(THREADS)  # the peers of the other cases set it in their setup
 
 _built = {}
 

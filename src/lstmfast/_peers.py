@@ -91,12 +91,9 @@ def set_threads(n):
     """
     global _limiter
     done = []
-    # lstmfast has no thread control of its own yet. When it gets one, this is the single
-    # place that calls it; nothing else in the benchmark changes.
     import lstmfast
-    if hasattr(lstmfast, "set_num_threads"):
-        lstmfast.set_num_threads(n)
-        done.append("lstmfast.set_num_threads")
+    lstmfast.set_num_threads(n)
+    done.append("lstmfast.set_num_threads")
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:

@@ -85,10 +85,12 @@ def bidirectional_lengths_train(T=100, B=32, H=256, seed=1):
     ours = lstmfast.LSTM(H, H, 2, bidirectional=True)
     ours.load_state_dict(ref.state_dict())
     tx, tdy, tl = torch.from_numpy(x), torch.from_numpy(dy), torch.from_numpy(lengths)
+    tx.requires_grad_()  # the input's gradient too, as the numpy layer always computes it
 
     def module_step(module):
         def step():
             module.zero_grad()
+            tx.grad = None
             y, _ = module(pack_padded_sequence(tx, tl, enforce_sorted=False))
             y = pad_packed_sequence(y, total_length=T)[0]
             y.backward(tdy)
@@ -104,8 +106,10 @@ def bidirectional_lengths_train(T=100, B=32, H=256, seed=1):
     fns = {"lstmfast.LSTM": numpy_step, "lstmfast.torch.LSTM": module_step(dropin),
            "torch.nn.LSTM": module_step(ref)}
     want = module_step(ref)()
+    dx_want = tx.grad.clone()
     _close(numpy_step(), want)
     _close(module_step(dropin)(), want)
+    _close(tx.grad, dx_want, 1e-3)
     for name in ("weight_hh_l1_reverse", "weight_ih_l0"):
         _close(getattr(dropin, name).grad, getattr(ref, name).grad, 1e-3)
     return fns, f"train 2-layer bidirectional lengths T={T} B={B} H={H}"

@@ -212,6 +212,19 @@ def machine_info(threads):
 
 
 # --- one case ----------------------------------------------------------------------------
+def _sample(fn, min_sample):
+    """Seconds per call of fn, and the calls: short calls repeat until the sample lasts
+    min_sample, for every implementation alike. The first call after a pause is slower
+    (threads wake, caches refill); a count fixed from one earlier call gave noisier peers
+    fewer calls to spread it over (5 against lstmfast's 54 at 100,1,128: up to 1.2x of
+    a ratio)."""
+    n, t0 = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - t0 < min_sample:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n, n
+
+
 def run_case(problem, mode, impls, threads, repeat, gemm, pause=PAUSE, min_sample=MIN_SAMPLE):
     """Time every implementation on one problem and mode, interleaved, with one sample of
     the GEMM reference per round. Returns (rows, GEMM GFLOP/s during this case)."""
@@ -240,27 +253,21 @@ def run_case(problem, mode, impls, threads, repeat, gemm, pause=PAUSE, min_sampl
             row.update(status="DISAGREES", note=str(e))
             peer.close()
             continue
-        # Short calls are repeated within a sample. The first call is no estimate of the
-        # next ones (it allocates, packs, warms caches: up to 10x longer at small shapes,
-        # which made every sample a single cold call), so time a second one.
-        t0 = time.perf_counter()
-        fn()
-        n = max(1, int(np.ceil(min_sample / max(time.perf_counter() - t0, 1e-6))))
-        row["calls_per_sample"] = n
-        live.append((row, peer, fn, n))
+        row["calls"] = []
+        live.append((row, peer, fn))
     for r in range(repeat):
         time.sleep(pause)
         t0 = time.perf_counter()
         gemm()
         gemm_s.append(time.perf_counter() - t0)
         k = r % max(len(live), 1)
-        for row, peer, fn, n in live[k:] + live[:k]:
+        for row, peer, fn in live[k:] + live[:k]:
             time.sleep(pause)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            row["samples_ms"].append((time.perf_counter() - t0) / n * 1e3)
-    for _, peer, _, _ in live:
+            per_call, n = _sample(fn, min_sample)
+            row["samples_ms"].append(per_call * 1e3)
+            row["calls"].append(n)
+    for row, peer, _ in live:
+        row["calls_per_sample"] = int(np.median(row.pop("calls")))
         peer.close()
     gc.collect()
     work = problem.gflop(mode)
@@ -417,28 +424,23 @@ def plot(cases, path):
 
 
 # --- command line ------------------------------------------------------------------------
-def run_surface(repeat, pause, out=sys.stdout):
+def run_surface(repeat, pause, threads, out=sys.stdout):
     """The cases of lstmfast/_surface.py, interleaved, medians against the fastest peer."""
     from . import _surface
 
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         print("--surface compares against torch, which is not installed", file=out)
         return 1
+    torch.set_num_threads(threads)
     for build in _surface.CASES:
         fns, title = build()
         times = {name: [] for name in fns}
         for _ in range(max(repeat, 3)):
             for name, fn in fns.items():
                 time.sleep(pause)
-                n, t0 = 0, time.perf_counter()
-                while True:      # repeat short calls until the sample lasts MIN_SAMPLE
-                    fn()
-                    n += 1
-                    if time.perf_counter() - t0 >= MIN_SAMPLE:
-                        break
-                times[name].append((time.perf_counter() - t0) / n)
+                times[name].append(_sample(fn, MIN_SAMPLE)[0])
         med = {name: float(np.median(v)) for name, v in times.items()}
         peers = [v for name, v in med.items() if not name.startswith("lstmfast")]
         print(f"\n{title}", file=out)
@@ -520,7 +522,7 @@ def main(argv=None):
 
     if args.surface:
         set_threads(args.threads)
-        return run_surface(args.repeat, args.pause)
+        return run_surface(args.repeat, args.pause, args.threads)
 
     dtype = np.dtype(args.dtype)
     plan = ([(s, tuple(modes)) for group in args.shapes for s in group] if args.shapes else
