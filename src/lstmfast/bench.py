@@ -500,8 +500,9 @@ def main(argv=None):
     if not args.pause >= 0 or args.pause == float("inf"):
         p.error(f"--pause takes seconds >= 0, got {args.pause}")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        if path and _cannot_write(path):
-            p.error(f"{flag} {_cannot_write(path)}")
+        why = path and _cannot_write(path)
+        if why:
+            p.error(f"{flag} {why}")
     if args.plot:
         try:
             import matplotlib  # noqa: F401

@@ -411,8 +411,9 @@ def main(argv=None):
         if not 0 <= v < math.inf:
             print(f"error: {flag} must be a number of seconds >= 0, got {v}", file=sys.stderr)
             return 2
-    if args.save and _cannot_write(args.save):
-        print(f"error: --save {_cannot_write(args.save)}", file=sys.stderr)
+    why = args.save and _cannot_write(args.save)
+    if why:
+        print(f"error: --save {why}", file=sys.stderr)
         return 2
     with limit_threads(args.threads) as threads_note:
         return _run(args, threads_note)
