@@ -43,6 +43,19 @@ void lf_find_blas_threads(lf_blas *bl, const void *gemm)
     if (!bl->set_threads || !bl->get_threads) bl->set_threads = NULL, bl->get_threads = NULL;
 }
 
+void lf_blas_describe(const void *gemm, const char **config, const char **core)
+{
+    static const char *const cfg[] = {"scipy_openblas_get_config",
+                                      "scipy_openblas_get_config64_", "openblas_get_config"};
+    static const char *const name[] = {"scipy_openblas_get_corename",
+                                       "scipy_openblas_get_corename64_",
+                                       "openblas_get_corename"};
+    const char *(*get_config)(void) = (const char *(*)(void))lf_blas_symbol(gemm, cfg, 3);
+    const char *(*get_core)(void) = (const char *(*)(void))lf_blas_symbol(gemm, name, 3);
+    *config = get_config ? get_config() : NULL;
+    *core = get_core ? get_core() : NULL;
+}
+
 static pthread_mutex_t lf_pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static int lf_pool_users = 0, lf_pool_saved = 1;
 

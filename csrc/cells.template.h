@@ -38,7 +38,7 @@ typedef struct {
  * ivdep: c may alias c_prev exactly (inference updates the state in place), which is
  * safe because each element is read before it is written in the same iteration. */
 
-LF_CLONES static void FN(lstm_fwd)(const FN(fwd_step) *a)
+static void FN(lstm_fwd)(const FN(fwd_step) *a)
 {
     const int H = a->H;
     const TYPE *bi = a->bx, *bf = bi + H, *bg = bf + H, *bo = bg + H;
@@ -61,7 +61,7 @@ LF_CLONES static void FN(lstm_fwd)(const FN(fwd_step) *a)
     }
 }
 
-LF_CLONES static void FN(lstm_bwd)(const FN(bwd_step) *a)
+static void FN(lstm_bwd)(const FN(bwd_step) *a)
 {
     const int H = a->H;
     for (int r = 0; r < a->rows; r++) {
@@ -84,7 +84,7 @@ LF_CLONES static void FN(lstm_bwd)(const FN(bwd_step) *a)
     }
 }
 
-LF_CLONES static void FN(gru_fwd)(const FN(fwd_step) *a)
+static void FN(gru_fwd)(const FN(fwd_step) *a)
 {
     const int H = a->H;
     const TYPE *br = a->bx, *bz = br + H, *bn = bz + H, *bhn = a->bh + 2 * H;
@@ -107,7 +107,7 @@ LF_CLONES static void FN(gru_fwd)(const FN(fwd_step) *a)
     }
 }
 
-LF_CLONES static void FN(gru_bwd)(const FN(bwd_step) *a)
+static void FN(gru_bwd)(const FN(bwd_step) *a)
 {
     const int H = a->H;
     for (int r = 0; r < a->rows; r++) {
@@ -161,10 +161,10 @@ static inline void FN(rnn_bwd)(const FN(bwd_step) *a, const int relu)
     }
 }
 
-LF_CLONES static void FN(rnn_tanh_fwd)(const FN(fwd_step) *a) { FN(rnn_fwd)(a, 0); }
-LF_CLONES static void FN(rnn_relu_fwd)(const FN(fwd_step) *a) { FN(rnn_fwd)(a, 1); }
-LF_CLONES static void FN(rnn_tanh_bwd)(const FN(bwd_step) *a) { FN(rnn_bwd)(a, 0); }
-LF_CLONES static void FN(rnn_relu_bwd)(const FN(bwd_step) *a) { FN(rnn_bwd)(a, 1); }
+static void FN(rnn_tanh_fwd)(const FN(fwd_step) *a) { FN(rnn_fwd)(a, 0); }
+static void FN(rnn_relu_fwd)(const FN(fwd_step) *a) { FN(rnn_fwd)(a, 1); }
+static void FN(rnn_tanh_bwd)(const FN(bwd_step) *a) { FN(rnn_bwd)(a, 0); }
+static void FN(rnn_relu_bwd)(const FN(bwd_step) *a) { FN(rnn_bwd)(a, 1); }
 
 /* Indexed by enum lf_cell. */
 static void (*const FN(cell_fwd)[])(const FN(fwd_step) *) = {

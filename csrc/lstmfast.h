@@ -10,6 +10,10 @@
  * allocates every buffer; kernels never allocate, hold no global state and call BLAS
  * only through the table they are handed, so they can run concurrently and without
  * the GIL. Kernels return LF_OK or a negative LF_E* code.
+ *
+ * The kernels come in variants, one per instruction set (lf_kernels below), compiled
+ * from one source; the caller picks one with lf_kernels_get and lf_cpu_supports and
+ * calls it through its table.
  */
 #ifndef LSTMFAST_H
 #define LSTMFAST_H
@@ -35,6 +39,10 @@ typedef struct {
 
 /* Fill bl->set_threads / get_threads from the library that holds `gemm` (blas.c). */
 void lf_find_blas_threads(lf_blas *bl, const void *gemm);
+
+/* The BLAS library that holds `gemm`, as OpenBLAS describes itself (version and build
+ * options; the kernel core it runs), or NULL for either when it cannot say (blas.c). */
+void lf_blas_describe(const void *gemm, const char **config, const char **core);
 
 /* Hold the BLAS pool at one thread while any kernel call is under way (blas.c). */
 void lf_blas_single_enter(const lf_blas *bl);
@@ -67,16 +75,21 @@ void lf_pool_free(lf_pool *pool);
 
 /* Gates per cell, and the size of the per-step extra cache (LSTM: c_t, GRU: the
  * recurrent part of n, RNN: none) in elements per row. */
-int lf_num_gates(int cell);
-int lf_aux_size(int cell, int H);
+static inline int lf_num_gates(int cell)
+{
+    return cell == LF_LSTM ? 4 : cell == LF_GRU ? 3 : 1;
+}
 
-/* Elements of scratch that lf_forward_* / lf_backward_* need for these dims. */
-size_t lf_forward_work_size_f32(const lf_dims *d, int training);
-size_t lf_forward_work_size_f64(const lf_dims *d, int training);
-size_t lf_backward_work_size_f32(const lf_dims *d);
-size_t lf_backward_work_size_f64(const lf_dims *d);
+static inline int lf_aux_size(int cell, int H)
+{
+    return cell == LF_LSTM || cell == LF_GRU ? H : 0;
+}
 
-/* Forward.
+/* The entry points of one variant, in its table (lf_kernels):
+ * forward_work_size / backward_work_size: elements of scratch that forward / backward
+ * need for these dims (the variants' packed layouts differ in size).
+ *
+ * Forward.
  *   x [T*B, I] (row stride ldx); w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or NULL;
  *   w_hr [P, H] (LSTM with projection, else NULL); h0 [B, P], c0 [B, H] or NULL (zeros).
  *   y [T*B, P] (row stride ldy) receives h_t, zero past each row's length;
@@ -87,14 +100,15 @@ size_t lf_backward_work_size_f64(const lf_dims *d);
  *   an earlier call for the same weights' shapes was given (a layer keeps it). In
  *   inference the buffer then keeps the packed weights with a copy of the weights they
  *   were packed from: a call compares the weights with the copy (sequential reads) and
- *   packs again only where they differ, so a weight changed in place is always seen. */
-int lf_forward_f32(const lf_blas *blas, const lf_dims *d,
+ *   packs again only where they differ, so a weight changed in place is always seen.
+ *   A buffer another variant packed is packed again. */
+typedef int lf_forward_f32_fn(const lf_blas *blas, const lf_dims *d,
                    const float *x, int ldx, const float *w_ih, const float *w_hh,
                    const float *b_ih, const float *b_hh, const float *w_hr,
                    const float *h0, const float *c0,
                    float *y, int ldy, float *h_n, float *c_n,
                    float *gates, float *aux, float *work, int work_reused);
-int lf_forward_f64(const lf_blas *blas, const lf_dims *d,
+typedef int lf_forward_f64_fn(const lf_blas *blas, const lf_dims *d,
                    const double *x, int ldx, const double *w_ih, const double *w_hh,
                    const double *b_ih, const double *b_hh, const double *w_hr,
                    const double *h0, const double *c0,
@@ -112,7 +126,7 @@ int lf_forward_f64(const lf_blas *blas, const lf_dims *d,
  *   dh_norms: NULL, or [T] receiving ||dL/dh_t|| over the batch at each step t (the
  *   gradient-flow diagnostic: how much gradient reaches each timestep).
  *   work: lf_backward_work_size(d) elements. */
-int lf_backward_f32(const lf_blas *blas, const lf_dims *d,
+typedef int lf_backward_f32_fn(const lf_blas *blas, const lf_dims *d,
                     const float *x, int ldx, const float *w_ih, const float *w_hh,
                     const float *w_hr, const float *h0, const float *c0,
                     const float *y, int ldy, float *gates, float *aux,
@@ -120,7 +134,7 @@ int lf_backward_f32(const lf_blas *blas, const lf_dims *d,
                     float *dx, int lddx, int accumulate_dx, float *dh0, float *dc0,
                     float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *dw_hr,
                     double *dh_norms, float *work);
-int lf_backward_f64(const lf_blas *blas, const lf_dims *d,
+typedef int lf_backward_f64_fn(const lf_blas *blas, const lf_dims *d,
                     const double *x, int ldx, const double *w_ih, const double *w_hh,
                     const double *w_hr, const double *h0, const double *c0,
                     const double *y, int ldy, double *gates, double *aux,
@@ -128,5 +142,29 @@ int lf_backward_f64(const lf_blas *blas, const lf_dims *d,
                     double *dx, int lddx, int accumulate_dx, double *dh0, double *dc0,
                     double *dw_ih, double *dw_hh, double *db_ih, double *db_hh,
                     double *dw_hr, double *dh_norms, double *work);
+
+/* One variant of the kernels, built for one instruction set. */
+typedef struct {
+    const char *isa;     /* "avx512", "avx2", "neon" or "baseline" */
+    int vec_bytes;       /* its vector width, and its packed panels' column group */
+    int tile_rows;       /* rows of its per-step register tile */
+    size_t (*forward_work_size_f32)(const lf_dims *d, int training);
+    size_t (*forward_work_size_f64)(const lf_dims *d, int training);
+    size_t (*backward_work_size_f32)(const lf_dims *d);
+    size_t (*backward_work_size_f64)(const lf_dims *d);
+    lf_forward_f32_fn *forward_f32;
+    lf_forward_f64_fn *forward_f64;
+    lf_backward_f32_fn *backward_f32;
+    lf_backward_f64_fn *backward_f64;
+    /* the variant's multiply-add ceiling: n rounds of register-resident vector FMAs;
+     * returns the flops done (a benchmark times it) */
+    double (*fma_peak_f32)(long n, float *out);
+    double (*fma_peak_f64)(long n, double *out);
+} lf_kernels;
+
+/* The i-th variant this build holds, widest first; NULL past the last (dispatch.c).
+ * Whether this CPU and its OS can run a variant: 1 or 0 (CPUID and XGETBV on x86-64). */
+const lf_kernels *lf_kernels_get(int i);
+int lf_cpu_supports(const char *isa);
 
 #endif

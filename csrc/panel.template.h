@@ -20,14 +20,16 @@
  * GRU's recurrent gradient is dG on the r, z columns but lives apart for n.
  */
 
-#define VL ((int)(32 / sizeof(TYPE)))
+/* VL: elements per vector of the variant (LF_VEC_BYTES, recurrence.c). */
+#define VL (LF_VEC_BYTES / TYPE_BYTES)
 /* Vectors per panel: tiles of 6 rows x 2 vectors keep more of the FMA units busy than
- * 3 x 4 or 4 x 3 (measured on one core at H = 512, 16-64 rows: 91-92 GFLOP/s against
- * 83-85 and 86-88). panel_gemm has tiles for this width only. */
+ * 3 x 4 or 4 x 3 (measured with AVX2 on one core at H = 512, 16-64 rows: 91-92 GFLOP/s
+ * against 83-85 and 86-88); with 32 registers, 12 x 2. panel_gemm has tiles for this
+ * width only. */
 #ifndef LF_PANEL_NV
 #define LF_PANEL_NV 2
 #endif
-typedef TYPE FN(vec) __attribute__((vector_size(32)));
+typedef TYPE FN(vec) __attribute__((vector_size(LF_VEC_BYTES)));
 
 typedef struct {
     TYPE *data;        /* npanels * K * NV * VL, or NULL: W is used unpacked, through BLAS */
@@ -93,39 +95,60 @@ static inline __attribute__((always_inline)) FN(vec) FN(load)(const TYPE *p)
     return v;
 }
 
-/* r[l] = column l of the VL x VL block whose rows are r[0..VL) */
-static inline __attribute__((always_inline)) void FN(transpose)(FN(vec) *r)
+/* Transposes for packing W^T: a TB x TB block at a time, in vectors of TB elements
+ * (at most 32 bytes, so that a wide variant transposes its vector's 16 x 16 block as
+ * four 8 x 8 ones). __builtin_shuffle is gcc's spelling before gcc 12. */
+#if VL * TYPE_BYTES > 32
+#define TB (32 / TYPE_BYTES)
+#else
+#define TB VL
+#endif
+typedef TYPE FN(tvec) __attribute__((vector_size(TB * TYPE_BYTES)));
+typedef ITYPE FN(tmask) __attribute__((vector_size(TB * TYPE_BYTES)));
+#if defined(__clang__) || __GNUC__ >= 12
+#define LF_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define LF_SHUF(a, b, ...) __builtin_shuffle(a, b, (FN(tmask)){__VA_ARGS__})
+#endif
+
+/* r[l] = column l of the TB x TB block whose rows are r[0..TB) */
+static inline __attribute__((always_inline)) void FN(transpose)(FN(tvec) *r)
 {
-#if VL_IS_8
-    FN(vec) t[8], u[8];
+#if TB == 8
+    FN(tvec) t[8], u[8];
     for (int i = 0; i < 8; i += 2) {
-        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+        t[i] = LF_SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = LF_SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
     }
     for (int i = 0; i < 8; i += 4)
         for (int j = 0; j < 2; j++) {
-            u[i + 2 * j] = __builtin_shufflevector(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-            u[i + 2 * j + 1] = __builtin_shufflevector(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+            u[i + 2 * j] = LF_SHUF(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            u[i + 2 * j + 1] = LF_SHUF(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
         }
     for (int i = 0; i < 4; i++) {
-        r[i] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
-        r[i + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        r[i] = LF_SHUF(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        r[i + 4] = LF_SHUF(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     }
+#elif TB == 4
+    FN(tvec) t0 = LF_SHUF(r[0], r[1], 0, 4, 2, 6);
+    FN(tvec) t1 = LF_SHUF(r[0], r[1], 1, 5, 3, 7);
+    FN(tvec) t2 = LF_SHUF(r[2], r[3], 0, 4, 2, 6);
+    FN(tvec) t3 = LF_SHUF(r[2], r[3], 1, 5, 3, 7);
+    r[0] = LF_SHUF(t0, t2, 0, 1, 4, 5);
+    r[1] = LF_SHUF(t1, t3, 0, 1, 4, 5);
+    r[2] = LF_SHUF(t0, t2, 2, 3, 6, 7);
+    r[3] = LF_SHUF(t1, t3, 2, 3, 6, 7);
 #else
-    FN(vec) t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 2, 6);
-    FN(vec) t1 = __builtin_shufflevector(r[0], r[1], 1, 5, 3, 7);
-    FN(vec) t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 2, 6);
-    FN(vec) t3 = __builtin_shufflevector(r[2], r[3], 1, 5, 3, 7);
-    r[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
-    r[1] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
-    r[2] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
-    r[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+    FN(tvec) t0 = LF_SHUF(r[0], r[1], 0, 2);
+    r[1] = LF_SHUF(r[0], r[1], 1, 3);
+    r[0] = t0;
 #endif
 }
+#undef LF_SHUF
 
 /* Pack panels [p0, p1) from pk->w: whole vectors by copies (W) or VL x VL register
  * transposes (W^T), the edges element by element. */
-LF_CLONES static void FN(pack)(FN(panels) *pk, int p0, int p1)
+static void FN(pack)(FN(panels) *pk, int p0, int p1)
 {
     const int K = pk->K, NV = pk->NV, ldw = pk->ldw, trans_w = pk->trans_w;
     const size_t ldd = (size_t)NV * VL;
@@ -136,16 +159,17 @@ LF_CLONES static void FN(pack)(FN(panels) *pk, int p0, int p1)
         const int full = FN(panel_cols)(pk, p, col, n);
         int k = 0;
         if (full && trans_w) {
-            /* a block of VL rows of dst at a time: whole cache lines written once */
-            for (; k + VL <= K; k += VL)
-                for (int v = 0; v < NV; v++) {
-                    FN(vec) r[VL];
-                    for (int l = 0; l < VL; l++)
-                        r[l] = FN(load)(w + (size_t)(col[v] + l) * ldw + k);
-                    FN(transpose)(r);
-                    for (int l = 0; l < VL; l++)
-                        memcpy(dst + (k + l) * ldd + v * VL, &r[l], sizeof r[l]);
-                }
+            /* a block of TB rows of dst at a time: whole cache lines written once */
+            for (; k + TB <= K; k += TB)
+                for (int v = 0; v < NV; v++)
+                    for (int c = 0; c < VL; c += TB) {
+                        FN(tvec) r[TB];
+                        for (int l = 0; l < TB; l++)
+                            memcpy(&r[l], w + (size_t)(col[v] + c + l) * ldw + k, sizeof r[l]);
+                        FN(transpose)(r);
+                        for (int l = 0; l < TB; l++)
+                            memcpy(dst + (k + l) * ldd + v * VL + c, &r[l], sizeof r[l]);
+                    }
         } else if (full) {
             for (; k < K; k++)
                 for (int v = 0; v < NV; v++)
@@ -264,24 +288,47 @@ static void FN(pack_cached)(FN(panels) *pk, TYPE *copy, int p0, int p1, int reus
     }
 
 LF_TILE(1, 2) LF_TILE(2, 2) LF_TILE(3, 2) LF_TILE(4, 2) LF_TILE(5, 2) LF_TILE(6, 2)
+#if LF_TILE_ROWS > 6
+LF_TILE(7, 2) LF_TILE(8, 2) LF_TILE(9, 2) LF_TILE(10, 2) LF_TILE(11, 2) LF_TILE(12, 2)
+#endif
 #undef LF_TILE
 
+/* The FMA ceiling of this variant on one core, for the benchmark's "% of peak": n
+ * rounds of 2 * LF_TILE_ROWS independent vector multiply-add chains (as many as a tile
+ * keeps), in registers. Returns the flops done; *out keeps the result alive. */
+static double FN(fma_peak)(long n, TYPE *out)
+{
+    enum { CHAINS = 2 * LF_TILE_ROWS };
+    FN(vec) acc[CHAINS];
+    const FN(vec) a = (FN(vec)){0} + (TYPE)0.999, b = (FN(vec)){0} + (TYPE)0.001;
+    for (int j = 0; j < CHAINS; j++) acc[j] = (FN(vec)){0} + (TYPE)j;
+    for (long i = 0; i < n; i++) {
+        _Pragma("GCC unroll 24")
+        for (int j = 0; j < CHAINS; j++) acc[j] = acc[j] * a + b;
+    }
+    TYPE sum = 0;
+    for (int j = 0; j < CHAINS; j++)
+        for (int l = 0; l < VL; l++) sum += acc[j][l];
+    *out = sum;
+    return 2.0 * n * CHAINS * VL;
+}
+
 #define LF_TILE_CASE(mr, nv)                                                           \
-    case (mr) * 8 + (nv):                                                              \
+    case (mr) * 16 + (nv):                                                              \
         FN(tile_##mr##x##nv)(cols, ns, pan + (size_t)kb * NV * VL, k1, A1 + (size_t)r * lda1 + kb, \
                              lda1, k2, A2 ? A2 + (size_t)r * lda2 + b2 : NULL, lda2,   \
                              out + (size_t)r * ldo, ldo, acc);                         \
         break;
 
-/* out[rows, colmap(panels p0..p1)] (+)= [A1 | A2][rows, K] W. Row blocks of 12/NV rows
- * keep 12 accumulators of the 16 vector registers busy. */
-LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int rows,
+/* out[rows, colmap(panels p0..p1)] (+)= [A1 | A2][rows, K] W. Row blocks of
+ * LF_TILE_ROWS rows keep 12 accumulators of 16 vector registers (24 of 32) busy. */
+static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int rows,
                                      int K1, const TYPE *A1, int lda1,
                                      const TYPE *A2, int lda2,
                                      TYPE *out, int ldo, int accumulate)
 {
     const int NV = pk->NV, K = pk->K;
-    const int MR = 12 / NV;
+    const int MR = LF_TILE_ROWS;
     /* rows a chunk at a time, so that the chunk of A (~128 KiB) stays in L2 while every
      * panel passes over it; at least 18 rows, as every chunk streams W once more
      * (measured: a training step at B = 8, K = 4 * 1536 in the backward, 1.10x) */
@@ -289,7 +336,7 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
     if (chunk < 3 * MR) chunk = 3 * MR;
     /* and K a block at a time, so that the block of the panel (16 KiB) stays in L1 for
      * every row block: the tile needs more of W per cycle than L2 delivers */
-    const int KC = 16384 / (NV * 32);
+    const int KC = 16384 / (NV * LF_VEC_BYTES);
     for (int rc = 0; rc < rows; rc += chunk)
     for (int p = p0; p < p1; p++) {
         const TYPE *pan = pk->data + (size_t)p * K * NV * VL;
@@ -304,9 +351,13 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
             const int acc = accumulate || kb > 0;
             for (int r = rc; r < rend; r += MR) {
                 const int mr = rend - r < MR ? rend - r : MR;
-                switch (mr * 8 + NV) {
+                switch (mr * 16 + NV) {
                     LF_TILE_CASE(1, 2) LF_TILE_CASE(2, 2) LF_TILE_CASE(3, 2)
                     LF_TILE_CASE(4, 2) LF_TILE_CASE(5, 2) LF_TILE_CASE(6, 2)
+#if LF_TILE_ROWS > 6
+                    LF_TILE_CASE(7, 2) LF_TILE_CASE(8, 2) LF_TILE_CASE(9, 2)
+                    LF_TILE_CASE(10, 2) LF_TILE_CASE(11, 2) LF_TILE_CASE(12, 2)
+#endif
                 }
             }
         }
@@ -322,7 +373,7 @@ LF_CLONES static void FN(panel_gemm)(const FN(panels) *pk, int p0, int p1, int r
  * plain panels (pack), zero padded, then 6 x 2 tiles on them (GotoBLAS's scheme; like
  * panel_gemm's tiles, for LF_PANEL_NV = 2 only). Every element sums its K blocks in
  * order, whatever M range a thread takes. scratch: tn_scratch elements, a multiple of
- * 32 bytes. */
+ * 64 bytes. */
 #define LF_TN_KC 256
 #define LF_TN_MC 96
 #define LF_TN_NC 256
@@ -362,7 +413,7 @@ static inline __attribute__((always_inline)) void FN(tile_tn)(
     }
 }
 
-LF_CLONES static void FN(gemm_tn)(int M, int N, int K, const TYPE *A, int lda, const TYPE *B,
+static void FN(gemm_tn)(int M, int N, int K, const TYPE *A, int lda, const TYPE *B,
                                   int ldb, TYPE *C, int ldc, TYPE *scratch)
 {
     const int NW = LF_PANEL_NV * VL;
@@ -403,3 +454,4 @@ LF_CLONES static void FN(gemm_tn)(int M, int N, int K, const TYPE *A, int lda, c
 #undef LF_TN_KC
 #undef LF_TN_MC
 #undef LF_TN_NC
+#undef TB

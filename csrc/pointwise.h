@@ -15,9 +15,9 @@
  * +-1. One division and no exp: about a third of the time of the form below.
  * tanh, double: an odd rational function below |x| = 0.625 (relative accuracy near 0),
  * 1 - 2 / (e^2|x| + 1) above, sign restored.
- * The AVX2 clones let gcc fuse a multiply and an add into one FMA where the baseline
- * clones round twice, so the last bits can differ between CPUs with and without FMA;
- * on one machine the results are deterministic.
+ * The kernel variants with FMA (AVX2, AVX-512, NEON) let the compiler fuse a multiply
+ * and an add where the baseline rounds twice, so the last bits can differ between
+ * variants; each variant's results are deterministic.
  */
 #ifndef LSTMFAST_POINTWISE_H
 #define LSTMFAST_POINTWISE_H
@@ -25,13 +25,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-
-/* Hot loops get an AVX2+FMA clone next to the portable one, picked at load time. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define LF_CLONES
-#endif
 
 static inline float lf_exp_f32(float x)
 {

@@ -1,24 +1,60 @@
-/* Instantiates the recurrence driver, the packed per-step GEMM and the cells for float
- * and double from one template each (recurrence.template.h, panel.template.h,
- * cells.template.h), plus the dtype-free helpers: shapes, lengths, threads. */
-#define _GNU_SOURCE  /* Linux: sched_getcpu, pthread_attr_setaffinity_np */
-#include <pthread.h>
-#include <sched.h>
+/* One kernel variant: the recurrence driver, the packed per-step GEMM and the cells
+ * for float and double from one template each (recurrence.template.h,
+ * panel.template.h, cells.template.h), plus the dtype-free helpers: shapes, lengths.
+ *
+ * setup.py compiles this file once per instruction set it can build, each time with
+ * that set's compiler flags and one LF_VARIANT_* macro; everything here is static but
+ * the variant's table, lf_kernels_<isa>, through which the binding calls it. So no
+ * function built for a wider instruction set can be reached except through a table
+ * that dispatch.c hands out only when the CPU has that set. Per variant:
+ *   LF_VEC_BYTES  the vector width, which is also the packed panels' column group
+ *   LF_TILE_ROWS  rows of a register tile of 2 vectors: 12 accumulators of 16
+ *                 registers (SSE2, AVX2), 24 of 32 (AVX-512, NEON)
+ * (both may be given on the command line, so that a test can build the wide layout
+ * for a narrower instruction set: see tests/c/). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "lstmfast.h"
 #include "pointwise.h"
+#include "threads.h"
 
-int lf_num_gates(int cell)
-{
-    return cell == LF_LSTM ? 4 : cell == LF_GRU ? 3 : 1;
-}
-
-int lf_aux_size(int cell, int H)
-{
-    return cell == LF_LSTM || cell == LF_GRU ? H : 0;
-}
+#if defined(LF_VARIANT_AVX512)
+#define LF_ISA avx512
+#define LF_ISA_VEC 64
+#define LF_ISA_ROWS 12
+#if !defined(__AVX512F__) && !defined(LF_VEC_BYTES)
+#error "the avx512 variant needs -march=x86-64-v4"
+#endif
+#elif defined(LF_VARIANT_AVX2)
+#define LF_ISA avx2
+#define LF_ISA_VEC 32
+#define LF_ISA_ROWS 6
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "the avx2 variant needs -march=x86-64-v3"
+#endif
+#elif defined(LF_VARIANT_NEON)
+#define LF_ISA neon
+#define LF_ISA_VEC 16
+#define LF_ISA_ROWS 12
+#if !defined(__aarch64__)
+#error "the neon variant is for aarch64"
+#endif
+#else
+#define LF_ISA baseline
+#define LF_ISA_VEC 16
+#define LF_ISA_ROWS 6
+#endif
+#ifndef LF_VEC_BYTES
+#define LF_VEC_BYTES LF_ISA_VEC
+#endif
+#ifndef LF_TILE_ROWS
+#define LF_TILE_ROWS LF_ISA_ROWS
+#endif
+#define LF_STR2(x) #x
+#define LF_STR(x) LF_STR2(x)
+#define LF_CAT2(a, b) a##b
+#define LF_CAT(a, b) LF_CAT2(a, b)
 
 /* Columns of dG that are also the recurrent-side gradient (see cells.template.h). */
 static int lf_hh_split(int cell, int H)
@@ -98,270 +134,10 @@ static int lf_chunk_steps(const lf_dims *d)
 
 /* ---- threads ------------------------------------------------------------------- */
 
-#define LF_MAX_THREADS 64
 /* room for aligning the work buffer and each piece carved from it */
-#define LF_WORK_SLACK (64 + 16 * 32 + LF_WORK_HEADER)
+#define LF_WORK_SLACK (64 + 16 * 64 + LF_WORK_HEADER)
 /* the start of a forward's work buffer: what its packed weights are (lf_forward) */
 #define LF_WORK_HEADER 64
-
-/* A team of threads for one kernel call (the caller is thread 0), with a spin
- * barrier: the threads meet once or twice per timestep, microseconds apart, too often
- * to sleep in between. */
-typedef struct {
-    int n;
-    int count, gen, go;
-} lf_team;
-
-static void lf_pause(int *spins)
-{
-    if (++*spins > 2000) {  /* someone else has the core: let them run */
-        sched_yield();
-        *spins = 0;
-    }
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-static void lf_barrier_wait(lf_team *tm)
-{
-    if (tm->n == 1) return;
-    const int gen = __atomic_load_n(&tm->gen, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&tm->count, 1, __ATOMIC_ACQ_REL) == tm->n) {
-        __atomic_store_n(&tm->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&tm->gen, gen + 1, __ATOMIC_RELEASE);
-    } else {
-        int spins = 0;
-        while (__atomic_load_n(&tm->gen, __ATOMIC_ACQUIRE) == gen) lf_pause(&spins);
-    }
-}
-
-/* A counter alone on its cache line: threads taking work from it do not slow down
- * the owners of its neighbours. */
-typedef struct {
-    int n;
-    char pad[60];
-} lf_counter;
-
-typedef struct {
-    void (*fn)(void *, int);
-    void *ctx;
-    lf_team *team;
-    int tid;
-} lf_job;
-
-#ifdef __linux__
-/* Where helpers may run: every core this thread may use but the one it is on. Left to
- * itself the scheduler often starts a new thread on its creator's core (measured: in
- * about half of the calls after the process had been idle), where the two then take
- * turns spinning at every barrier and the call takes longer than on one thread. */
-static int lf_other_cpus(cpu_set_t *set, int *here)
-{
-    *here = sched_getcpu();
-    if (*here < 0 || *here >= CPU_SETSIZE || sched_getaffinity(0, sizeof *set, set) != 0 ||
-        !CPU_ISSET(*here, set) || CPU_COUNT(set) < 2)
-        return 0;
-    CPU_CLR(*here, set);
-    return 1;
-}
-
-/* attr, set to start a thread on cpus only, or NULL if it cannot be (destroy it after
- * use when not NULL). */
-static pthread_attr_t *lf_pinned_attr(pthread_attr_t *attr, const cpu_set_t *cpus)
-{
-    if (pthread_attr_init(attr) != 0) return NULL;
-    if (pthread_attr_setaffinity_np(attr, sizeof *cpus, cpus) == 0) return attr;
-    pthread_attr_destroy(attr);
-    return NULL;
-}
-#endif
-
-static void *lf_thread_main(void *arg)
-{
-    lf_job *job = arg;
-    int spins = 0;
-    while (!__atomic_load_n(&job->team->go, __ATOMIC_ACQUIRE)) lf_pause(&spins);
-    job->fn(job->ctx, job->tid);
-    return NULL;
-}
-
-/* Start threads 1 .. want-1 of the team for this call only; how many started. */
-static int lf_start_threads(lf_team *tm, int want, void (*fn)(void *, int), void *ctx,
-                            pthread_t *th, lf_job *jobs)
-{
-    int created = 0;
-    pthread_attr_t *pattr = NULL;
-#ifdef __linux__
-    pthread_attr_t attr;
-    cpu_set_t cpus;
-    int here;
-    if (want > 1 && lf_other_cpus(&cpus, &here)) pattr = lf_pinned_attr(&attr, &cpus);
-#endif
-    for (int i = 1; i < want; i++) {
-        jobs[i].fn = fn; jobs[i].ctx = ctx; jobs[i].team = tm; jobs[i].tid = i;
-        if (pthread_create(&th[i], pattr, lf_thread_main, &jobs[i]) != 0) break;
-        created++;
-    }
-    if (pattr) pthread_attr_destroy(pattr);
-    return created;
-}
-
-#ifdef __linux__
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-/* A helper sleeps on seq (a futex) until the caller bumps it with a job in hand. */
-typedef struct {
-    pthread_t th;
-    int seq;
-    lf_job job;       /* fn NULL: stop */
-    int *pending;     /* the pool's count of helpers still at work */
-} __attribute__((aligned(64))) lf_helper;
-
-struct lf_pool {
-    lf_helper h[LF_MAX_THREADS];  /* h[1 .. n] started */
-    int n;
-    pid_t pid;    /* the process that started them */
-    int cpu;      /* the core their affinity leaves out */
-    int pending;
-};
-
-static void lf_futex(int *word, int op, int val)
-{
-    syscall(SYS_futex, word, op, val, NULL, NULL, 0);
-}
-
-static void *lf_helper_main(void *arg)
-{
-    lf_helper *h = arg;
-    int seen = 0;
-    for (;;) {
-        int s;
-        while ((s = __atomic_load_n(&h->seq, __ATOMIC_ACQUIRE)) == seen)
-            lf_futex(&h->seq, FUTEX_WAIT_PRIVATE, seen);
-        seen = s;
-        if (!h->job.fn) return NULL;
-        h->job.fn(h->job.ctx, h->job.tid);
-        __atomic_sub_fetch(h->pending, 1, __ATOMIC_RELEASE);
-    }
-}
-
-static void lf_helper_post(lf_helper *h)
-{
-    __atomic_add_fetch(&h->seq, 1, __ATOMIC_RELEASE);
-    lf_futex(&h->seq, FUTEX_WAKE_PRIVATE, 1);
-}
-
-lf_pool *lf_pool_new(void)
-{
-    lf_pool *pool = aligned_alloc(64, sizeof *pool);
-    if (!pool) return NULL;
-    memset(pool, 0, sizeof *pool);
-    pool->pid = getpid();
-    pool->cpu = -1;
-    return pool;
-}
-
-void lf_pool_free(lf_pool *pool)
-{
-    if (!pool) return;
-    if (pool->pid == getpid())
-        for (int i = 1; i <= pool->n; i++) {
-            pool->h[i].job.fn = NULL;
-            lf_helper_post(&pool->h[i]);
-            pthread_join(pool->h[i].th, NULL);
-        }
-    free(pool);
-}
-
-/* Helpers 1 .. want-1 of the pool, started if need be and kept off the caller's core;
- * how many there are. */
-static int lf_pool_ready(lf_pool *pool, int want)
-{
-    if (pool->pid != getpid()) {  /* a forked child: the parent's helpers are not here */
-        pool->pid = getpid();
-        pool->n = 0;
-        pool->cpu = -1;
-    }
-    cpu_set_t cpus;
-    int here;
-    const int other = lf_other_cpus(&cpus, &here);
-    if (other && here != pool->cpu) {
-        for (int i = 1; i <= pool->n; i++)
-            pthread_setaffinity_np(pool->h[i].th, sizeof cpus, &cpus);
-        pool->cpu = here;
-    }
-    pthread_attr_t attr, *pattr = NULL;
-    if (pool->n + 1 < want && other) pattr = lf_pinned_attr(&attr, &cpus);
-    while (pool->n + 1 < want) {
-        lf_helper *h = &pool->h[pool->n + 1];
-        h->seq = 0;
-        h->pending = &pool->pending;
-        if (pthread_create(&h->th, pattr, lf_helper_main, h) != 0) break;
-        pool->n++;
-    }
-    if (pattr) pthread_attr_destroy(pattr);
-    return pool->n + 1 < want ? pool->n : want - 1;
-}
-
-/* Run fn(ctx, tid) on the caller (tid 0) and up to want-1 helpers of the pool. */
-static void lf_pool_run(lf_pool *pool, lf_team *tm, int want, void (*fn)(void *, int),
-                        void *ctx)
-{
-    const int helpers = want > 1 ? lf_pool_ready(pool, want) : 0;
-    tm->n = helpers + 1;
-    pool->pending = helpers;
-    for (int i = 1; i <= helpers; i++) {
-        lf_job *job = &pool->h[i].job;
-        job->fn = fn; job->ctx = ctx; job->team = tm; job->tid = i;
-        lf_helper_post(&pool->h[i]);
-    }
-    fn(ctx, 0);
-    int spins = 0;  /* ctx lives on the caller's stack: wait until every helper is done */
-    while (__atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE)) lf_pause(&spins);
-}
-#else
-struct lf_pool {
-    int unused;
-};
-
-lf_pool *lf_pool_new(void)
-{
-    return malloc(sizeof(lf_pool));
-}
-
-void lf_pool_free(lf_pool *pool)
-{
-    free(pool);
-}
-#endif
-
-/* Run fn(ctx, tid) on up to `want` threads, the caller being thread 0: the pool's
- * helpers, else threads started for this call. team->n is the number that really run,
- * fixed before any of them starts (a thread that cannot be created is simply absent). */
-static void lf_team_run(lf_team *tm, lf_pool *pool, int want, void (*fn)(void *, int),
-                        void *ctx)
-{
-    tm->count = tm->gen = tm->go = 0;
-    if (want > LF_MAX_THREADS) want = LF_MAX_THREADS;
-#ifdef __linux__
-    if (pool) {
-        lf_pool_run(pool, tm, want, fn, ctx);
-        return;
-    }
-#else
-    (void)pool;
-#endif
-    pthread_t th[LF_MAX_THREADS];
-    lf_job jobs[LF_MAX_THREADS];
-    tm->n = 1;
-    const int created = want > 1 ? lf_start_threads(tm, want, fn, ctx, th, jobs) : 0;
-    tm->n = created + 1;
-    __atomic_store_n(&tm->go, 1, __ATOMIC_RELEASE);
-    fn(ctx, 0);
-    for (int i = 1; i <= created; i++) pthread_join(th[i], NULL);
-}
 
 /* The most threads a team for these dims can have (per-thread scratch). */
 static int lf_max_team(const lf_dims *d)
@@ -382,35 +158,40 @@ static int lf_team_size(const lf_dims *d, int npanels)
     return per_step < 32768 || per_step * d->seq_len < (d->pool ? 1e6 : 4e6) ? 1 : n;
 }
 
-/* [lo, hi): part i of n items split into parts */
-static void lf_split(int n, int parts, int i, int *lo, int *hi)
-{
-    *lo = (int)((long long)n * i / parts);
-    *hi = (int)((long long)n * (i + 1) / parts);
-}
-
 #define TYPE float
-#define VL_IS_8 1
+#define TYPE_BYTES 4
+#define ITYPE int32_t
 #define FN(name) name##_f32
 #define BLAS_GEMM(bl) ((bl)->sgemm)
 #include "cells.template.h"
 #include "panel.template.h"
 #include "recurrence.template.h"
 #undef TYPE
+#undef TYPE_BYTES
+#undef ITYPE
 #undef FN
 #undef BLAS_GEMM
 #undef VL
-#undef VL_IS_8
 
 #define TYPE double
-#define VL_IS_8 0
+#define TYPE_BYTES 8
+#define ITYPE int64_t
 #define FN(name) name##_f64
 #define BLAS_GEMM(bl) ((bl)->dgemm)
 #include "cells.template.h"
 #include "panel.template.h"
 #include "recurrence.template.h"
 #undef TYPE
+#undef TYPE_BYTES
+#undef ITYPE
 #undef FN
 #undef BLAS_GEMM
 #undef VL
-#undef VL_IS_8
+
+const lf_kernels LF_CAT(lf_kernels_, LF_ISA) = {
+    LF_STR(LF_ISA), LF_VEC_BYTES, LF_TILE_ROWS,
+    lf_forward_work_size_f32, lf_forward_work_size_f64,
+    lf_backward_work_size_f32, lf_backward_work_size_f64,
+    lf_forward_f32, lf_forward_f64, lf_backward_f32, lf_backward_f64,
+    fma_peak_f32, fma_peak_f64,
+};

@@ -37,7 +37,7 @@ static inline TYPE FN(hsum)(FN(vec) v)
     return s;
 }
 
-LF_CLONES static void FN(small_gemm)(int tb, int M, int N, int K, const TYPE *A, int lda,
+static void FN(small_gemm)(int tb, int M, int N, int K, const TYPE *A, int lda,
                                      const TYPE *B, int ldb, TYPE beta, TYPE *C, int ldc)
 {
     if (tb && M == 1) {  /* one row (a cell step at batch 1): four sums along K keep
@@ -200,19 +200,22 @@ static int FN(keeps_panels)(const lf_dims *d, int training)
     return FN(use_panels)(d) && !training;
 }
 
-/* A signature of the packed layout (shapes, dtype), 0 for none. */
+/* A signature of the packed layout (shapes, dtype, the variant's vector width and
+ * instruction set), 0 for none: a buffer packed by another variant is packed again. */
 static unsigned FN(panels_signature)(const lf_dims *d, int training)
 {
     if (!FN(keeps_panels)(d, training)) return 0;
     unsigned h = 2166136261u;
+    const char *isa = LF_STR(LF_ISA);
+    for (; *isa; isa++) h = (h ^ (unsigned char)*isa) * 16777619u;
     const int v[] = {d->cell, d->input_size, d->hidden_size, d->out_size, (int)sizeof(TYPE),
-                     FN(own_input_projection)(d, training)};
+                     FN(own_input_projection)(d, training), LF_VEC_BYTES, LF_PANEL_NV};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) h = (h ^ (unsigned)v[i]) * 16777619u;
     return h | 1;
 }
 
-/* Elements of work, with room to align the panels to 32 bytes. */
-size_t FN(lf_forward_work_size)(const lf_dims *d, int training)
+/* Elements of work, with room to align the panels to 64 bytes. */
+static size_t FN(lf_forward_work_size)(const lf_dims *d, int training)
 {
     const size_t GH = (size_t)lf_num_gates(d->cell) * d->hidden_size, B = d->batch;
     const size_t H = d->hidden_size;
@@ -231,7 +234,7 @@ size_t FN(lf_forward_work_size)(const lf_dims *d, int training)
     return n;
 }
 
-size_t FN(lf_backward_work_size)(const lf_dims *d)
+static size_t FN(lf_backward_work_size)(const lf_dims *d)
 {
     const size_t B = d->batch, H = d->hidden_size, P = d->out_size;
     const size_t N = (size_t)lf_total_rows(d);
@@ -245,11 +248,12 @@ size_t FN(lf_backward_work_size)(const lf_dims *d)
     return n;
 }
 
-/* Carve n elements off *w, keeping 32-byte alignment for the next piece. */
+/* Carve n elements off *w, keeping 64-byte alignment for the next piece. */
 static TYPE *FN(take)(TYPE **w, size_t n)
 {
     TYPE *p = *w;
-    *w += (n + 32 / sizeof(TYPE) - 1) / (32 / sizeof(TYPE)) * (32 / sizeof(TYPE));
+    const size_t line = 64 / sizeof(TYPE);
+    *w += (n + line - 1) / line * line;
     return p;
 }
 
@@ -392,7 +396,7 @@ static void FN(fwd_worker)(void *arg, int tid)
     }
 }
 
-int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
+static int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
                    const TYPE *x, int ldx, const TYPE *w_ih, const TYPE *w_hh,
                    const TYPE *b_ih, const TYPE *b_hh, const TYPE *w_hr,
                    const TYPE *h0, const TYPE *c0,
@@ -642,7 +646,7 @@ static void FN(bwd_worker)(void *arg, int tid)
              c->accumulate_dx ? 1 : 0, c->dx + (size_t)r0 * c->lddx, c->lddx);
 }
 
-int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
+static int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
                     const TYPE *x, int ldx, const TYPE *w_ih, const TYPE *w_hh,
                     const TYPE *w_hr, const TYPE *h0, const TYPE *c0,
                     const TYPE *y, int ldy, TYPE *gates, TYPE *aux,

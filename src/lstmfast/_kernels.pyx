@@ -5,6 +5,8 @@ Arrays are packed time-major [N, features] (see csrc/recurrence.template.h); the
 in layers.py do the packing. Every size, dtype, contiguity and aliasing condition the C
 code relies on is checked here, so a bad call raises instead of reaching the kernel.
 """
+import os
+
 import numpy as np
 cimport numpy as cnp
 from scipy.linalg.cython_blas cimport sgemm, dgemm
@@ -31,36 +33,165 @@ cdef extern from "lstmfast.h" nogil:
     int lf_num_gates(int cell) noexcept
     int lf_aux_size(int cell, int H) noexcept
     void lf_find_blas_threads(lf_blas *bl, const void *gemm) noexcept
-    size_t lf_forward_work_size_f32(const lf_dims *d, int training) noexcept
-    size_t lf_forward_work_size_f64(const lf_dims *d, int training) noexcept
-    size_t lf_backward_work_size_f32(const lf_dims *d) noexcept
-    size_t lf_backward_work_size_f64(const lf_dims *d) noexcept
-    int lf_forward_f32(const lf_blas *, const lf_dims *, const float *, int, const float *,
-                       const float *, const float *, const float *, const float *,
-                       const float *, const float *, float *, int, float *, float *,
-                       float *, float *, float *, int) noexcept
-    int lf_forward_f64(const lf_blas *, const lf_dims *, const double *, int, const double *,
-                       const double *, const double *, const double *, const double *,
-                       const double *, const double *, double *, int, double *, double *,
-                       double *, double *, double *, int) noexcept
-    int lf_backward_f32(const lf_blas *, const lf_dims *, const float *, int, const float *,
-                        const float *, const float *, const float *, const float *,
-                        const float *, int, float *, float *, const float *, int,
-                        const float *, const float *, float *, int, int, float *, float *,
-                        float *, float *, float *, float *, float *, double *,
-                        float *) noexcept
-    int lf_backward_f64(const lf_blas *, const lf_dims *, const double *, int, const double *,
-                        const double *, const double *, const double *, const double *,
-                        const double *, int, double *, double *, const double *, int,
-                        const double *, const double *, double *, int, int, double *,
-                        double *, double *, double *, double *, double *, double *,
-                        double *, double *) noexcept
+    ctypedef int (*lf_forward_f32_fn)(
+        const lf_blas *, const lf_dims *, const float *, int, const float *, const float *,
+        const float *, const float *, const float *, const float *, const float *, float *,
+        int, float *, float *, float *, float *, float *, int) noexcept nogil
+    ctypedef int (*lf_forward_f64_fn)(
+        const lf_blas *, const lf_dims *, const double *, int, const double *,
+        const double *, const double *, const double *, const double *, const double *,
+        const double *, double *, int, double *, double *, double *, double *, double *,
+        int) noexcept nogil
+    ctypedef int (*lf_backward_f32_fn)(
+        const lf_blas *, const lf_dims *, const float *, int, const float *, const float *,
+        const float *, const float *, const float *, const float *, int, float *, float *,
+        const float *, int, const float *, const float *, float *, int, int, float *,
+        float *, float *, float *, float *, float *, float *, double *, float *) noexcept nogil
+    ctypedef int (*lf_backward_f64_fn)(
+        const lf_blas *, const lf_dims *, const double *, int, const double *,
+        const double *, const double *, const double *, const double *, const double *, int,
+        double *, double *, const double *, int, const double *, const double *, double *,
+        int, int, double *, double *, double *, double *, double *, double *, double *,
+        double *, double *) noexcept nogil
+    ctypedef struct lf_kernels:
+        const char *isa
+        int vec_bytes, tile_rows
+        size_t (*forward_work_size_f32)(const lf_dims *, int) noexcept nogil
+        size_t (*forward_work_size_f64)(const lf_dims *, int) noexcept nogil
+        size_t (*backward_work_size_f32)(const lf_dims *) noexcept nogil
+        size_t (*backward_work_size_f64)(const lf_dims *) noexcept nogil
+        lf_forward_f32_fn forward_f32
+        lf_forward_f64_fn forward_f64
+        lf_backward_f32_fn backward_f32
+        lf_backward_f64_fn backward_f64
+        double (*fma_peak_f32)(long, float *) noexcept nogil
+        double (*fma_peak_f64)(long, double *) noexcept nogil
+    const lf_kernels *lf_kernels_get(int i) noexcept
+    void lf_blas_describe(const void *gemm, const char **config, const char **core) noexcept
+    int lf_cpu_supports(const char *isa) noexcept
 
 # Read-only after import: the kernels receive it as a constant table.
 cdef lf_blas _blas
 _blas.sgemm = <lf_sgemm_fn>sgemm
 _blas.dgemm = <lf_dgemm_fn>dgemm
 lf_find_blas_threads(&_blas, <const void *>sgemm)
+
+
+def compiled_isas():
+    """The kernel variants this build holds, widest first."""
+    names = []
+    cdef int i = 0
+    while lf_kernels_get(i) != NULL:
+        names.append(lf_kernels_get(i).isa.decode())
+        i += 1
+    return names
+
+
+def cpu_supports(str isa):
+    """Whether this CPU (and its OS) can run the variant named isa."""
+    return bool(lf_cpu_supports(isa.encode()))
+
+
+cdef const lf_kernels *_find(str isa):
+    cdef int i = 0
+    while lf_kernels_get(i) != NULL:
+        if lf_kernels_get(i).isa.decode() == isa:
+            return lf_kernels_get(i)
+        i += 1
+    return NULL
+
+
+def _choose(forced):
+    """The variant to run and why: forced (LSTMFAST_ISA's value) or the widest that is
+    both compiled and supported. ImportError for a variant that is unknown, not built,
+    or not runnable here: forcing one is a promise that it runs, never a SIGILL."""
+    built = compiled_isas()
+    usable = [n for n in built if cpu_supports(n)]
+    if forced is not None:
+        forced = forced.strip().lower()
+        if forced not in ("avx512", "avx2", "neon", "baseline"):
+            raise ImportError(f"LSTMFAST_ISA={forced!r} is not a kernel variant; expected "
+                              f"one of avx512, avx2, neon, baseline (usable here: "
+                              f"{', '.join(usable)})")
+        if forced not in built:
+            raise ImportError(f"LSTMFAST_ISA={forced}: this build of lstmfast has no {forced} "
+                              f"kernels (built: {', '.join(built)})")
+        if forced not in usable:
+            raise ImportError(f"LSTMFAST_ISA={forced}: this CPU cannot run the {forced} "
+                              f"kernels (usable here: {', '.join(usable)})")
+        return forced, "forced by LSTMFAST_ISA"
+    if not usable:
+        raise ImportError(f"lstmfast: no kernel variant runs on this CPU (built: "
+                          f"{', '.join(built)})")
+    return usable[0], "the widest variant built that this CPU supports"
+
+
+# The variant every call runs, chosen once at import (read-only afterwards, but for
+# _select, which tests use to run every variant in one process).
+cdef const lf_kernels *_k = NULL
+ISA = None
+ISA_REASON = None
+
+
+def _select(str isa, str reason="selected by lstmfast._kernels._select"):
+    """Make isa the variant that calls run; returns the one that was."""
+    global _k, ISA, ISA_REASON
+    if isa not in compiled_isas() or not cpu_supports(isa):
+        raise ValueError(f"the {isa} kernels are not usable here")
+    previous = ISA
+    _k = _find(isa)
+    ISA, ISA_REASON = isa, reason
+    return previous
+
+
+def variant_info(str isa):
+    """A variant's vector width and tile rows."""
+    cdef const lf_kernels *k = _find(isa)
+    if k == NULL:
+        raise ValueError(f"no {isa} kernels in this build")
+    return {"vector_bytes": k.vec_bytes, "tile_rows": k.tile_rows}
+
+
+def fma_peak(str isa, dtype, double seconds=0.05):
+    """GFLOP/s of the variant's multiply-add ceiling on one core (the calling thread)."""
+    cdef const lf_kernels *k = _find(isa)
+    if k == NULL:
+        raise ValueError(f"no {isa} kernels in this build")
+    if not cpu_supports(isa):
+        raise ValueError(f"this CPU cannot run the {isa} kernels")
+    cdef bint f32 = np.dtype(dtype) == np.float32
+    cdef float o32
+    cdef double o64, flops
+    cdef long n = 1000
+    import time
+    best = 0.0
+    while True:  # grow n until one call takes a few ms, then keep the best of a few
+        t0 = time.perf_counter()
+        with nogil:
+            flops = k.fma_peak_f32(n, &o32) if f32 else k.fma_peak_f64(n, &o64)
+        dt = time.perf_counter() - t0
+        if dt > seconds / 10:
+            break
+        n *= 4
+    for _ in range(5):
+        t0 = time.perf_counter()
+        with nogil:
+            flops = k.fma_peak_f32(n, &o32) if f32 else k.fma_peak_f64(n, &o64)
+        best = max(best, flops / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def blas_info():
+    """scipy's BLAS as it describes itself: {"config": ..., "core": ...} (None where it
+    cannot say: not OpenBLAS)."""
+    cdef const char *config = NULL
+    cdef const char *core = NULL
+    lf_blas_describe(<const void *>sgemm, &config, &core)
+    return {"config": config.decode() if config != NULL else None,
+            "core": core.decode() if core != NULL else None}
+
+
+_select(*_choose(os.environ.get("LSTMFAST_ISA") or None))
 
 CELLS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 cdef long long INT_MAX = 2147483647
@@ -273,8 +404,9 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     if B == 0:
         return h_n, c_n, ((gates, aux) if training else None)
     cdef int reused
-    work = _take_work(scratch, lf_forward_work_size_f32(&d, training) if dtype == np.float32
-                      else lf_forward_work_size_f64(&d, training), dtype, &reused)
+    cdef const lf_kernels *kern = _k
+    work = _take_work(scratch, kern.forward_work_size_f32(&d, training) if dtype == np.float32
+                      else kern.forward_work_size_f64(&d, training), dtype, &reused)
     cdef char *phn = <char *>cnp.PyArray_DATA(<cnp.ndarray>h_n)
     cdef char *pcn = <char *>cnp.PyArray_DATA(<cnp.ndarray>c_n) if is_lstm else NULL
     cdef char *pg = <char *>cnp.PyArray_DATA(<cnp.ndarray>gates) if training else NULL
@@ -287,13 +419,13 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
         d.pool = pool.p
     if dtype == np.float32:
         with nogil:
-            rc = lf_forward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
+            rc = kern.forward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
                                 <float *>pbih, <float *>pbhh, <float *>pwhr, <float *>ph0,
                                 <float *>pc0, <float *>py, ldy, <float *>phn, <float *>pcn,
                                 <float *>pg, <float *>pa, <float *>pw, reused)
     else:
         with nogil:
-            rc = lf_forward_f64(&_blas, &d, <double *>px, ldx, <double *>pwih, <double *>pwhh,
+            rc = kern.forward_f64(&_blas, &d, <double *>px, ldx, <double *>pwih, <double *>pwhh,
                                 <double *>pbih, <double *>pbhh, <double *>pwhr, <double *>ph0,
                                 <double *>pc0, <double *>py, ldy, <double *>phn, <double *>pcn,
                                 <double *>pg, <double *>pa, <double *>pw, reused)
@@ -377,8 +509,9 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
             dh_norms[:] = 0
         return dh0, dc0
     cdef int reused
-    work = _take_work(scratch, lf_backward_work_size_f32(&d) if dtype == np.float32
-                      else lf_backward_work_size_f64(&d), dtype, &reused)
+    cdef const lf_kernels *kern = _k
+    work = _take_work(scratch, kern.backward_work_size_f32(&d) if dtype == np.float32
+                      else kern.backward_work_size_f64(&d), dtype, &reused)
     cdef char *pdh0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dh0)
     cdef char *pdc0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dc0) if is_lstm else NULL
     cdef char *pw = <char *>cnp.PyArray_DATA(<cnp.ndarray>work)
@@ -390,7 +523,7 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
         d.pool = pool.p
     if dtype == np.float32:
         with nogil:
-            rc = lf_backward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
+            rc = kern.backward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
                                  <float *>pwhr, <float *>ph0, <float *>pc0, <float *>py, ldy,
                                  <float *>pg, <float *>pa, <float *>pdy, lddy, <float *>pdhn,
                                  <float *>pdcn, <float *>pdx, lddx, acc, <float *>pdh0,
@@ -399,7 +532,7 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
                                  <double *>pnorms, <float *>pw)
     else:
         with nogil:
-            rc = lf_backward_f64(&_blas, &d, <double *>px, ldx, <double *>pwih,
+            rc = kern.backward_f64(&_blas, &d, <double *>px, ldx, <double *>pwih,
                                  <double *>pwhh, <double *>pwhr, <double *>ph0,
                                  <double *>pc0, <double *>py, ldy, <double *>pg,
                                  <double *>pa, <double *>pdy, lddy, <double *>pdhn,

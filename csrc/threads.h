@@ -1,0 +1,64 @@
+/* Internal: the threads of one kernel call (threads.c), shared by every kernel variant.
+ * Only this header's inline functions are compiled into the variants; threads.c is
+ * built once, with the baseline flags. */
+#ifndef LSTMFAST_THREADS_H
+#define LSTMFAST_THREADS_H
+
+#include <sched.h>
+#include "lstmfast.h"
+
+#define LF_MAX_THREADS 64
+
+/* A team of threads for one kernel call (the caller is thread 0), with a spin
+ * barrier: the threads meet once or twice per timestep, microseconds apart, too often
+ * to sleep in between. */
+typedef struct {
+    int n;
+    int count, gen, go;
+} lf_team;
+
+static inline void lf_pause(int *spins)
+{
+    if (++*spins > 2000) {  /* someone else has the core: let them run */
+        sched_yield();
+        *spins = 0;
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static inline void lf_barrier_wait(lf_team *tm)
+{
+    if (tm->n == 1) return;
+    const int gen = __atomic_load_n(&tm->gen, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&tm->count, 1, __ATOMIC_ACQ_REL) == tm->n) {
+        __atomic_store_n(&tm->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&tm->gen, gen + 1, __ATOMIC_RELEASE);
+    } else {
+        int spins = 0;
+        while (__atomic_load_n(&tm->gen, __ATOMIC_ACQUIRE) == gen) lf_pause(&spins);
+    }
+}
+
+/* A counter alone on its cache line: threads taking work from it do not slow down
+ * the owners of its neighbours. */
+typedef struct {
+    int n;
+    char pad[60];
+} lf_counter;
+
+/* [lo, hi): part i of n items split into parts */
+static inline void lf_split(int n, int parts, int i, int *lo, int *hi)
+{
+    *lo = (int)((long long)n * i / parts);
+    *hi = (int)((long long)n * (i + 1) / parts);
+}
+
+/* Run fn(ctx, tid) on up to `want` threads, the caller being thread 0: the pool's
+ * helpers, else threads started for this call. team->n is the number that really run,
+ * fixed before any of them starts (a thread that cannot be created is simply absent).
+ * Every helper runs fn in the caller's floating-point mode (rounding, flush-to-zero). */
+void lf_team_run(lf_team *tm, lf_pool *pool, int want, void (*fn)(void *, int), void *ctx);
+
+#endif
