@@ -228,7 +228,7 @@ static void FN(pack_cached)(FN(panels) *pk, TYPE *copy, int p0, int p1, int reus
         for (int i = 0; i < MR && accumulate; i++)                                      \
             for (int v = 0; v < NV; v++)                                                \
                 __builtin_prefetch(out + (size_t)i * ldo + cols[v], 0, 3);              \
-        _Pragma("GCC unroll 6")                                                         \
+        _Pragma("GCC unroll 12")                                                        \
         for (int i = 0; i < MR; i++)                                                    \
             _Pragma("GCC unroll 4")                                                     \
             for (int v = 0; v < NV; v++) acc[i][v] = acc2[i][v] = (FN(vec)){0};         \
@@ -240,7 +240,7 @@ static void FN(pack_cached)(FN(panels) *pk, TYPE *copy, int p0, int p1, int reus
             /* with fewer than 8 accumulators the FMA latency binds: a second set       \
              * takes the odd k */                                                       \
             for (; MR * NV < 8 && k + 1 < K; k += 2, w += 2 * NV * VL) {                 \
-                _Pragma("GCC unroll 6")                                                 \
+                _Pragma("GCC unroll 12")                                                \
                 for (int i = 0; i < MR; i++) {                                          \
                     const FN(vec) a = ones * A[(size_t)i * lda + k];                    \
                     const FN(vec) a2 = ones * A[(size_t)i * lda + k + 1];               \
@@ -255,7 +255,7 @@ static void FN(pack_cached)(FN(panels) *pk, TYPE *copy, int p0, int p1, int reus
                 FN(vec) wv[NV];                                                         \
                 _Pragma("GCC unroll 4")                                                 \
                 for (int v = 0; v < NV; v++) wv[v] = FN(load)(w + v * VL);              \
-                _Pragma("GCC unroll 6")                                                 \
+                _Pragma("GCC unroll 12")                                                \
                 for (int i = 0; i < MR; i++) {                                          \
                     const FN(vec) a = ones * A[(size_t)i * lda + k];                    \
                     _Pragma("GCC unroll 4")                                             \

@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+import lstmfast
+
 from . import _peers
 from ._peers import PEERS, PeerMismatch, Problem, gflop, set_threads, verify
 from .demo import _cannot_write
@@ -349,13 +351,20 @@ def _fmt(v, spec, width):
     return f"{v:{width}{spec}}" if v is not None else " " * (width - 1) + "-"
 
 
-def print_case(problem, mode, rows, gemm_rate, gemm_label, memory, out=sys.stdout):
+def fma_peak(dtype, threads):
+    """GFLOP/s ceiling of the kernel variant in use: its register-resident vector FMAs on
+    one core (csrc/panel.template.h, fma_peak), times the threads a call may use."""
+    from lstmfast import _kernels
+    return _kernels.fma_peak(_kernels.ISA, dtype) * threads
+
+
+def print_case(problem, mode, rows, gemm_rate, gemm_label, memory, peak=None, out=sys.stdout):
     T, B, I, H = problem.shape
     print(f"\n{problem.cell.upper()} {MODE_TITLE[mode]}  T={T} B={B} I={I} H={H}  "
           f"{problem.dtype.name}  {problem.gflop(mode):.2f} GFLOP/call  ({gemm_label} "
           f"{gemm_rate:.0f} GFLOP/s meanwhile)", file=out)
     head = (f"  {'implementation':<13}{'median ms':>11}{'spread':>8}{'GFLOP/s':>9}"
-            f"{'vs best peer':>14}{'% ' + gemm_label:>9}")
+            f"{'vs best peer':>14}{'% ' + gemm_label:>9}{'% peak':>8}")
     if memory:
         head += f"{'RSS +MiB':>10}{'numpy MiB':>11}"
     head += "  check"
@@ -367,7 +376,8 @@ def print_case(problem, mode, rows, gemm_rate, gemm_label, memory, out=sys.stdou
             continue
         vs = f"{r['vs_best_peer']:.2f}x" if "vs_best_peer" in r else "-"
         line = (f"  {r['impl']:<13}{r['ms']:11.2f}{100 * r['spread']:7.1f}%{r['gflops']:9.1f}"
-                f"{vs:>14}{100 * r['pct_gemm']:8.0f}%")
+                f"{vs:>14}{100 * r['pct_gemm']:8.0f}%"
+                + (f"{100 * r['gflops'] / peak:7.0f}%" if peak else f"{'-':>8}"))
         if memory:
             m = r.get("memory", {})
             line += _fmt(m.get("rss_mib"), ".0f", 10) + _fmt(m.get("traced_mib"), ".0f", 11)
@@ -550,6 +560,17 @@ def main(argv=None):
         "each bundle an OpenBLAS; lstmfast calls scipy's)")
     for line in _peers.thread_report():
         print(f"  pool         {line}")
+    config = lstmfast.show_config("dicts")
+    kern = config["kernels"]
+    peak = fma_peak(dtype, args.threads)
+    print(f"  kernels      lstmfast's {kern['selected']} variant ({kern['reason']}; built: "
+          f"{', '.join(kern['compiled'])}; {config['cpu']['name']} supports "
+          f"{', '.join(n for n, ok in config['cpu']['supports'].items() if ok)})")
+    print(f"  blas         {config['blas']['config']} (core {config['blas']['core']})")
+    print(f"  FMA peak     {peak:.0f} GFLOP/s: the {kern['selected']} variant's register-"
+          f"resident {dtype.name} FMAs, {peak / args.threads:.0f} per core x {args.threads} "
+          f"threads (% peak below is against it; other implementations may use other "
+          f"vector widths)")
     print(f"  ms = median per call; spread = interquartile range / median; vs best peer = "
           f"fastest peer's time / this time (>1 = faster); % {gemm_label} = GFLOP/s / "
           f"numpy's 2048^3 {gemm_label} rate, sampled once per round of the case; check = "
@@ -567,7 +588,7 @@ def main(argv=None):
                     if "ms" in r:
                         r["memory"] = measure_memory(problem, r["impl"], args.threads)
             print_case(problem, mode, rows, gemm_rate, gemm_label, args.memory and
-                       mode == "train")
+                       mode == "train", peak)
             cases.append({"cell": args.cell, "mode": mode, "shape": list(shape),
                           "dtype": dtype.name, "gflop": gflop(args.cell, mode, *shape),
                           "gemm_gflops": gemm_rate, "rows": rows})
@@ -579,7 +600,10 @@ def main(argv=None):
     gemm_end = gemm_rates(dtype)
     drift = max(gemm_end.values()) / max(gemm[dtype.name].values()) - 1
     unsteady = "; the machine was not steady, compare with care" if abs(drift) > 0.1 else ""
-    print(f"\n{gemm_label} 2048^3 at the end: " + ", ".join(
+    peak_end = fma_peak(dtype, args.threads)
+    print(f"\nFMA peak at the end: {peak_end:.0f} GFLOP/s ({100 * (peak_end / peak - 1):+.0f}% "
+          f"against the start)")
+    print(f"{gemm_label} 2048^3 at the end: " + ", ".join(
         f"{k} {v:.1f}" for k, v in gemm_end.items()) + f" GFLOP/s ({100 * drift:+.0f}% against "
         f"the start{unsteady})")
     bad = [r for c in cases for r in c["rows"] if r["status"] == "DISAGREES"]
@@ -597,7 +621,9 @@ def main(argv=None):
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "threads_control": how, "gemm_gflops": gemm,
+            json.dump({"machine": info, "config": config,
+                       "fma_peak_gflops": {"start": peak, "end": peak_end},
+                       "threads_control": how, "gemm_gflops": gemm,
                        "gemm_gflops_end": {dtype.name: gemm_end},
                        "settings": {"repeat": args.repeat, "pause_s": args.pause,
                                     "min_sample_s": MIN_SAMPLE},
