@@ -81,6 +81,6 @@ extensions = [
     )
 ]
 
-if __name__ == "__main__":  # tests import VARIANTS and CFLAGS from here
+if __name__ == "__main__":  # tests read CFLAGS and VARIANTS from this file
     setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}),
           cmdclass={"build_ext": BuildVariants})

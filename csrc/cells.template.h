@@ -47,7 +47,7 @@ static void FN(lstm_fwd)(const FN(fwd_step) *a)
         const TYPE *cp = a->c_prev + (size_t)r * H;
         TYPE *c = a->aux + (size_t)r * H;
         TYPE *h = a->h + (size_t)r * a->ld_h;
-#pragma GCC ivdep
+LF_IVDEP
         for (int j = a->u0; j < a->u1; j++) {
             TYPE i = FN(lf_sigmoid)(gi[j] + bi[j]);
             TYPE f = FN(lf_sigmoid)(gf[j] + bf[j]);
@@ -70,7 +70,7 @@ static void FN(lstm_bwd)(const FN(bwd_step) *a)
         const TYPE *cp = a->c_prev + (size_t)r * H;
         const TYPE *dh = a->dh + (size_t)r * a->ld_dh;
         TYPE *dc = a->dc + (size_t)r * H;
-#pragma GCC ivdep
+LF_IVDEP
         for (int j = a->u0; j < a->u1; j++) {
             TYPE i = gi[j], f = gf[j], g = gg[j], o = go[j];
             TYPE tc = FN(lf_tanh)(c[j]);
@@ -94,7 +94,7 @@ static void FN(gru_fwd)(const FN(fwd_step) *a)
         const TYPE *hp = a->h_prev + (size_t)r * a->ld_hp;
         TYPE *h = a->h + (size_t)r * a->ld_h;
         TYPE *ghn_out = a->aux + (size_t)r * H;
-#pragma GCC ivdep
+LF_IVDEP
         for (int j = a->u0; j < a->u1; j++) {
             TYPE rr = FN(lf_sigmoid)(gr[j] + br[j] + hr[j]);
             TYPE z = FN(lf_sigmoid)(gz[j] + bz[j] + hz[j]);
@@ -115,7 +115,7 @@ static void FN(gru_bwd)(const FN(bwd_step) *a)
         TYPE *ghn = a->aux + (size_t)r * H;
         const TYPE *hp = a->h_prev + (size_t)r * a->ld_hp;
         TYPE *dh = a->dh + (size_t)r * a->ld_dh;
-#pragma GCC ivdep
+LF_IVDEP
         for (int j = a->u0; j < a->u1; j++) {
             TYPE rr = gr[j], z = gz[j], n = gn[j];
             TYPE dht = dh[j];
@@ -137,7 +137,7 @@ static inline void FN(rnn_fwd)(const FN(fwd_step) *a, const int relu)
     for (int r = 0; r < a->rows; r++) {
         TYPE *g = a->g + (size_t)r * H;
         TYPE *h = a->h + (size_t)r * a->ld_h;
-#pragma GCC ivdep
+LF_IVDEP
         for (int j = a->u0; j < a->u1; j++) {
             TYPE v = g[j] + bx[j];
             v = relu ? (v < 0 ? 0 : v) : FN(lf_tanh)(v);  /* NaN stays NaN, as in torch */
@@ -153,7 +153,7 @@ static inline void FN(rnn_bwd)(const FN(bwd_step) *a, const int relu)
     for (int r = 0; r < a->rows; r++) {
         TYPE *g = a->g + (size_t)r * H;
         const TYPE *dh = a->dh + (size_t)r * a->ld_dh;
-#pragma GCC ivdep
+LF_IVDEP
         for (int j = a->u0; j < a->u1; j++) {
             TYPE h = g[j];
             g[j] = relu ? (h > 0 ? dh[j] : 0) : dh[j] * (1 - h * h);

@@ -85,7 +85,7 @@ static void FN(small_gemm)(int tb, int M, int N, int K, const TYPE *A, int lda,
         for (int k = 0; k < K; k++) {
             const TYPE aik = A[(size_t)i * lda + k];
             const TYPE *b = B + (size_t)k * ldb;
-#pragma GCC ivdep
+LF_IVDEP
             for (int n = 0; n < N; n++) c[n] += aik * b[n];
         }
     }

@@ -2,7 +2,7 @@
 object code may contain, and helpers running in the caller's floating-point mode.
 The variants' numbers are checked by the oracle tests, which run once per usable variant
 (conftest.py), and by test_variants_c.py for those this CPU cannot run."""
-import importlib.util
+import ast
 import json
 import os
 import re
@@ -108,11 +108,16 @@ def test_fma_peak_measures_something():
         _kernels.fma_peak("nope", np.float32)
 
 
-def _setup_module():
-    spec = importlib.util.spec_from_file_location("lstmfast_setup", ROOT / "setup.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # defines VARIANTS and CFLAGS; setup() runs only as __main__
-    return mod
+def _setup_flags():
+    """setup.py's CFLAGS and VARIANTS, read as literals (importing setup.py would need
+    Cython and setuptools, which an installed wheel's test run may not have)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                getattr(node.targets[0], "id", None) in ("CFLAGS", "VARIANTS"):
+            found[node.targets[0].id] = ast.literal_eval(node.value)
+    return found["CFLAGS"], found["VARIANTS"]
 
 
 def _vector_registers(obj):
@@ -130,21 +135,21 @@ def test_wide_instructions_stay_in_their_variant(tmp_path):
     wide function where a baseline one was meant (SIGILL on an older CPU)."""
     if not sysconfig.get_platform().endswith("x86_64"):
         pytest.skip("x86-64 object code")
-    setup = _setup_module()
+    cflags, variants = _setup_flags()
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(cc) is None:
         pytest.skip(f"{cc} not found")
 
     def build(src, flags, macros=()):
         out = tmp_path / f"{src.stem}_{len(list(tmp_path.iterdir()))}.o"
-        cmd = [cc, "-c", *setup.CFLAGS, *flags, *macros, f"-I{ROOT / 'csrc'}",
+        cmd = [cc, "-c", *cflags, *flags, *macros, f"-I{ROOT / 'csrc'}",
                f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(out)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
         return out
 
     expect = {"avx512": {"zmm", "ymm"}, "avx2": {"ymm"}, "baseline": set()}
-    for name, flags, _ in setup.VARIANTS:
+    for name, flags, _ in variants:
         if name not in expect:
             continue
         obj = build(ROOT / "csrc" / "recurrence.c", flags, [f"-DLF_VARIANT_{name.upper()}"])
@@ -155,7 +160,7 @@ def test_wide_instructions_stay_in_their_variant(tmp_path):
         assert exported[-1] == f"lf_kernels_{name}" and len(exported) == 3, exported
     for shared in ("threads.c", "dispatch.c", "blas.c"):
         obj = build(ROOT / "csrc" / shared, [],
-                    [f"-DLF_HAVE_{n.upper()}" for n, _, _ in setup.VARIANTS])
+                    [f"-DLF_HAVE_{n.upper()}" for n, _, _ in variants])
         assert not _vector_registers(obj) & {"ymm", "zmm"}, shared
 
 
