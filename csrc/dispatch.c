@@ -36,6 +36,15 @@ static const lf_kernels *const lf_variants[] = {
     NULL,
 };
 
+const char *lf_compiler(void)
+{
+#if defined(__clang__) || !defined(__GNUC__)
+    return __VERSION__;
+#else
+    return "gcc " __VERSION__;
+#endif
+}
+
 const lf_kernels *lf_kernels_get(int i)
 {
     const int n = (int)(sizeof lf_variants / sizeof lf_variants[0]) - 1;

@@ -167,4 +167,7 @@ typedef struct {
 const lf_kernels *lf_kernels_get(int i);
 int lf_cpu_supports(const char *isa);
 
+/* The compiler this build came from, with its version. */
+const char *lf_compiler(void);
+
 #endif

@@ -69,6 +69,7 @@ cdef extern from "lstmfast.h" nogil:
     const lf_kernels *lf_kernels_get(int i) noexcept
     void lf_blas_describe(const void *gemm, const char **config, const char **core) noexcept
     int lf_cpu_supports(const char *isa) noexcept
+    const char *lf_compiler() noexcept
 
 # Read-only after import: the kernels receive it as a constant table.
 cdef lf_blas _blas
@@ -85,6 +86,11 @@ def compiled_isas():
         names.append(lf_kernels_get(i).isa.decode())
         i += 1
     return names
+
+
+def compiler():
+    """The compiler that built the kernels, with its version."""
+    return lf_compiler().decode()
 
 
 def cpu_supports(str isa):

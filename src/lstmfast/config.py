@@ -38,6 +38,7 @@ def _config():
             "selected": _kernels.ISA,
             "reason": _kernels.ISA_REASON,
             "LSTMFAST_ISA": os.environ.get("LSTMFAST_ISA"),
+            "compiler": _kernels.compiler(),
             "compiled": {n: {"flags": _ISA_TEXT[n], **_kernels.variant_info(n)} for n in built},
         },
         "cpu": {
@@ -73,7 +74,7 @@ def show_config(mode="stdout"):
         return cfg
     k, cpu, blas, th = cfg["kernels"], cfg["cpu"], cfg["blas"], cfg["threads"]
     lines = [f"lstmfast {cfg['lstmfast']}",
-             f"kernels:  {k['selected']} ({k['reason']})"]
+             f"kernels:  {k['selected']} ({k['reason']}); built by {k['compiler']}"]
     for name, v in k["compiled"].items():
         mark = "*" if name == k["selected"] else " "
         lines.append(f"  {mark} {name:<9} {v['flags']}; tiles of {v['tile_rows']} rows; "
