@@ -17,15 +17,19 @@ from setuptools.command.build_ext import build_ext
 
 # No -ffast-math (linking it turns on flush-to-zero for the whole process) and no
 # -march=native in what ships; -fno-math-errno / -fno-trapping-math let the compiler
-# vectorise the pointwise loops without changing results.
-CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-pthread"]
+# vectorise the pointwise loops without changing results; -g0 overrides Python's -g
+# (debug info was four fifths of the library).
+CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-pthread", "-g0"]
 
-# (name, flags, the condition a probe checks: the target is this architecture)
+# (name, flags, the condition a probe checks: the target is this architecture). The
+# x86-64 levels v3 and v4 spelled as their features, which gcc 10 (manylinux2014's
+# compiler) accepts where it does not know -march=x86-64-v3; the tuning stays generic.
+X86_V3 = ["-mavx", "-mavx2", "-mfma", "-mbmi", "-mbmi2", "-mf16c", "-mlzcnt", "-mmovbe"]
+X86_V4 = X86_V3 + ["-mavx512f", "-mavx512bw", "-mavx512cd", "-mavx512dq", "-mavx512vl",
+                   "-mprefer-vector-width=512"]
 VARIANTS = [
-    ("avx512", ["-march=x86-64-v4", "-mtune=generic", "-mprefer-vector-width=512"],
-     "defined(__x86_64__) && defined(__AVX512F__)"),
-    ("avx2", ["-march=x86-64-v3", "-mtune=generic"],
-     "defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)"),
+    ("avx512", X86_V4, "defined(__x86_64__) && defined(__AVX512F__)"),
+    ("avx2", X86_V3, "defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)"),
     ("neon", [], "defined(__aarch64__)"),
     ("baseline", [], "!defined(__aarch64__)"),  # aarch64 always has NEON
 ]
@@ -48,6 +52,10 @@ class BuildVariants(build_ext):
         return True
 
     def build_extension(self, ext):
+        # Python's LDSHARED may carry a run path to the build machine's Python (pyenv and
+        # similar builds do): the library links nothing but libc, so none is wanted.
+        self.compiler.linker_so = [a for a in self.compiler.linker_so
+                                   if not a.startswith("-Wl,-rpath")]
         if ext.name == "lstmfast._kernels":
             built = []
             for name, flags, condition in VARIANTS:

@@ -24,14 +24,14 @@
 #define LF_ISA_VEC 64
 #define LF_ISA_ROWS 12
 #if !defined(__AVX512F__) && !defined(LF_VEC_BYTES)
-#error "the avx512 variant needs -march=x86-64-v4"
+#error "the avx512 variant needs the x86-64-v4 features (setup.py, X86_V4)"
 #endif
 #elif defined(LF_VARIANT_AVX2)
 #define LF_ISA avx2
 #define LF_ISA_VEC 32
 #define LF_ISA_ROWS 6
 #if !defined(__AVX2__) || !defined(__FMA__)
-#error "the avx2 variant needs -march=x86-64-v3"
+#error "the avx2 variant needs the x86-64-v3 features (setup.py, X86_V3)"
 #endif
 #elif defined(LF_VARIANT_NEON)
 #define LF_ISA neon

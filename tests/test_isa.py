@@ -2,7 +2,6 @@
 object code may contain, and helpers running in the caller's floating-point mode.
 The variants' numbers are checked by the oracle tests, which run once per usable variant
 (conftest.py), and by test_variants_c.py for those this CPU cannot run."""
-import ast
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 import lstmfast
+from build_helpers import setup_flags
 from lstmfast import _kernels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,18 +108,6 @@ def test_fma_peak_measures_something():
         _kernels.fma_peak("nope", np.float32)
 
 
-def _setup_flags():
-    """setup.py's CFLAGS and VARIANTS, read as literals (importing setup.py would need
-    Cython and setuptools, which an installed wheel's test run may not have)."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    found = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
-                getattr(node.targets[0], "id", None) in ("CFLAGS", "VARIANTS"):
-            found[node.targets[0].id] = ast.literal_eval(node.value)
-    return found["CFLAGS"], found["VARIANTS"]
-
-
 def _vector_registers(obj):
     text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(obj)],
                           capture_output=True, text=True, check=True).stdout
@@ -135,7 +123,7 @@ def test_wide_instructions_stay_in_their_variant(tmp_path):
     wide function where a baseline one was meant (SIGILL on an older CPU)."""
     if not sysconfig.get_platform().endswith("x86_64"):
         pytest.skip("x86-64 object code")
-    cflags, variants = _setup_flags()
+    cflags, variants = setup_flags()[:2]
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(cc) is None:
         pytest.skip(f"{cc} not found")

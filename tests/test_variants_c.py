@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from build_helpers import setup_flags
 from layer_helpers import assert_close
 from reference import init_params, rnn_backward, rnn_forward
 
@@ -166,7 +167,7 @@ def test_avx512_layout_built_for_avx2(tmp_path, es):
     if not X86:
         pytest.skip("an x86-64 test")
     from lstmfast import _kernels
-    march = ["-march=x86-64-v3"] if _kernels.cpu_supports("avx2") else []
+    march = setup_flags()[2] if _kernels.cpu_supports("avx2") else []
     cmd = _build(tmp_path, "gcc", "avx512",
                  [*march, "-DLF_VEC_BYTES=64", "-DLF_TILE_ROWS=12"])
     assert "avx512 kernels, 64-byte vectors, 12-row tiles" in _check(cmd, es)
@@ -190,5 +191,5 @@ def test_musl(tmp_path, variant):
     from lstmfast import _kernels
     if not _kernels.cpu_supports(variant):
         pytest.skip(f"this CPU cannot run {variant}")
-    cmd = _build(tmp_path, "musl-gcc", variant, ["-march=x86-64-v3"] if variant == "avx2" else [])
+    cmd = _build(tmp_path, "musl-gcc", variant, setup_flags()[2] if variant == "avx2" else [])
     assert f"{variant} kernels" in _check(cmd, 4)
