@@ -51,6 +51,15 @@
 #ifndef LF_TILE_ROWS
 #define LF_TILE_ROWS LF_ISA_ROWS
 #endif
+/* The big GEMMs of a layer (the input projection of many rows of a wide input, the
+ * weight gradients, dx) go to BLAS where its kernels are as wide as ours, and to our own
+ * tiles where ours are wider: scipy's OpenBLAS may run narrower kernels than the CPU
+ * has (OPENBLAS_CORETYPE=Haswell, set on some Zen 5 machines, makes it run AVX2). On AVX2
+ * our tiles ran these at 0.90-1.0x of OpenBLAS's rate (see weight_grad and
+ * own_input_projection), so at twice the width they are ahead. */
+#ifndef LF_OWN_GEMMS
+#define LF_OWN_GEMMS (LF_VEC_BYTES >= 64)
+#endif
 #define LF_STR2(x) #x
 #define LF_STR(x) LF_STR2(x)
 #define LF_CAT2(a, b) a##b

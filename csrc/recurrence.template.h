@@ -145,19 +145,28 @@ static void FN(fwd_panels)(const lf_dims *d, FN(panels) *pw, FN(panels) *pr,
 }
 
 static void FN(bwd_panels)(const lf_dims *d, FN(panels) *pb, FN(panels) *prt,
-                           const TYPE *w_hh, const TYPE *w_hr)
+                           FN(panels) *pdx, const TYPE *w_hh, const TYPE *w_hr,
+                           const TYPE *w_ih)
 {
     const int GH = lf_num_gates(d->cell) * d->hidden_size, H = d->hidden_size;
-    const int P = d->out_size;
+    const int P = d->out_size, I = d->input_size;
     FN(panels_init)(pb, GH, 0, 0, P, w_hh, P, 0);     /* dh = dG W_hh */
     FN(panels_init)(prt, P, 0, 0, H, w_hr, H, 0);     /* dm = dh W_hr */
+    FN(panels_init)(pdx, GH, 0, 0, I, w_ih, I, 0);    /* dx = dG W_ih (LF_OWN_GEMMS) */
 }
+
 
 /* A single step does not pay for packing W (it is read once either way): then the
  * per-step GEMMs go to BLAS, on one thread of ours. */
 static int FN(use_panels)(const lf_dims *d)
 {
     return d->seq_len > 1;
+}
+
+/* dx by our own tiles on packed W_ih rather than BLAS (see LF_OWN_GEMMS). */
+static int FN(own_dx)(const lf_dims *d)
+{
+    return LF_OWN_GEMMS && FN(use_panels)(d);
 }
 
 /* out[rows, panels p0..p1] (+)= [A1 | A2] W: packed panels, or BLAS on W unpacked (then
@@ -189,6 +198,7 @@ static void FN(step_gemm)(const lf_blas *bl, const FN(panels) *pk, int p0, int p
  * I = 1024 and 1536, 400-800 rows: 0.89-1.0x of BLAS's speed). */
 static int FN(own_input_projection)(const lf_dims *d, int training)
 {
+    if (LF_OWN_GEMMS) return FN(use_panels)(d);
     const int steps = training ? d->seq_len : lf_chunk_steps(d);  /* rows per pass / B */
     return FN(use_panels)(d) && (d->input_size <= 512 || (double)steps * d->batch <= 128);
 }
@@ -238,9 +248,10 @@ static size_t FN(lf_backward_work_size)(const lf_dims *d)
 {
     const size_t B = d->batch, H = d->hidden_size, P = d->out_size;
     const size_t N = (size_t)lf_total_rows(d);
-    FN(panels) pb, prt;
-    FN(bwd_panels)(d, &pb, &prt, NULL, NULL);
+    FN(panels) pb, prt, pdx;
+    FN(bwd_panels)(d, &pb, &prt, &pdx, NULL, NULL, NULL);
     size_t n = LF_WORK_SLACK / sizeof(TYPE) + FN(panels_size)(&pb) + B * P + N * P;
+    if (FN(own_dx)(d)) n += FN(panels_size)(&pdx);
     n += (LF_MAX_THREADS * (size_t)d->seq_len * sizeof(double) + sizeof(TYPE) - 1) / sizeof(TYPE);
     if (d->cell == LF_LSTM) n += B * H;
     if (lf_has_proj(d)) n += FN(panels_size)(&prt) + B * H + N * H + N * P;
@@ -464,7 +475,7 @@ typedef struct {
     int ldx, ldy, lddy, lddx, accumulate_dx;
     TYPE *dh, *dc, *hprev, *dm, *m_all, *dh_all;
     TYPE *tn;  /* gemm_tn's scratch, tn_scratch() per thread */
-    FN(panels) pb, prt;
+    FN(panels) pb, prt, pdx;
     lf_team team;
 } FN(bwd_ctx);
 
@@ -501,7 +512,7 @@ static void FN(weight_grad)(const lf_blas *bl, int M, int N, int K, const TYPE *
                             const TYPE *B, int ldb, TYPE *dw, int ldw, TYPE *scratch)
 {
     if (M <= 0) return;
-    if (1.0 / M + 1.0 / N > 0.01)
+    if (LF_OWN_GEMMS || 1.0 / M + 1.0 / N > 0.01)
         FN(gemm_tn)(M, N, K, A, lda, B, ldb, dw, ldw, scratch);
     else
         FN(gemm)(bl, 1, 0, M, N, K, 1, A, lda, B, ldb, 1, dw, ldw);
@@ -641,6 +652,13 @@ static void FN(bwd_worker)(void *arg, int tid)
         FN(weight_grad)(c->bl, r1 - r0, H, n, c->dh_all + r0, P, c->m_all, H,
                         c->dw_hr + (size_t)r0 * H, H, tn);
     }
+    if (c->pdx.data) {  /* by columns of dx: each thread packs and uses its own panels */
+        lf_split(c->pdx.npanels, nt, tid, &r0, &r1);
+        FN(pack)(&c->pdx, r0, r1);
+        FN(panel_gemm)(&c->pdx, r0, r1, n, GH, gates, GH, NULL, 0, c->dx, c->lddx,
+                       c->accumulate_dx);
+        return;
+    }
     lf_split(n, nt, tid, &r0, &r1);
     FN(gemm)(c->bl, 0, 0, r1 - r0, I, GH, 1, gates + (size_t)r0 * GH, GH, c->w_ih, I,
              c->accumulate_dx ? 1 : 0, c->dx + (size_t)r0 * c->lddx, c->lddx);
@@ -671,10 +689,11 @@ static int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
     c.dh0 = dh0; c.dc0 = dc0; c.dw_ih = dw_ih; c.dw_hh = dw_hh; c.db_ih = db_ih;
     c.db_hh = db_hh; c.dw_hr = dw_hr; c.dh_norms = dh_norms;
     c.ldx = ldx; c.ldy = ldy; c.lddy = lddy; c.lddx = lddx; c.accumulate_dx = accumulate_dx;
-    FN(bwd_panels)(d, &c.pb, &c.prt, w_hh, w_hr);
+    FN(bwd_panels)(d, &c.pb, &c.prt, &c.pdx, w_hh, w_hr, w_ih);
     TYPE *w = (TYPE *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     const int packed = FN(use_panels)(d);
     c.pb.data = packed ? FN(take)(&w, FN(panels_size)(&c.pb)) : NULL;
+    c.pdx.data = FN(own_dx)(d) ? FN(take)(&w, FN(panels_size)(&c.pdx)) : NULL;
     c.norms_part = (double *)FN(take)(
         &w, (LF_MAX_THREADS * (size_t)d->seq_len * sizeof(double) + sizeof(TYPE) - 1) /
                 sizeof(TYPE));

@@ -20,6 +20,7 @@ Peers that are not installed are reported by `available()`, never replaced by a 
 """
 import importlib
 import os
+from typing import Any, Tuple
 
 import numpy as np
 
@@ -124,10 +125,10 @@ def thread_report():
 # --- the interface ---------------------------------------------------------------------
 class Peer:
     name = "?"
-    modes = ("infer", "train")
-    dtypes = (np.float32, np.float64)
-    cells = ("lstm", "gru", "rnn")
-    requires = ()   # modules imported by available()
+    modes: Tuple[str, ...] = ("infer", "train")
+    dtypes: Tuple[Any, ...] = (np.float32, np.float64)
+    cells: Tuple[str, ...] = ("lstm", "gru", "rnn")
+    requires: Tuple[str, ...] = ()   # modules imported by available()
 
     @classmethod
     def available(cls):

@@ -5,7 +5,12 @@ loop of steps, every training-mode call pushes its cache and every ``backward`` 
 the most recent one, so a loop of forwards followed by the reversed loop of backwards
 is BPTT.
 """
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _kernels
 from .threads import get_num_threads
@@ -16,7 +21,7 @@ __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
 
 class _CellBase(Module):
-    _gates = None
+    _gates: int  # gates per cell, set by each cell class
     _has_cell_state = False
 
     def __init__(self, cell, input_size, hidden_size, bias, dtype, seed):
@@ -42,7 +47,7 @@ class _CellBase(Module):
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
                 f"dtype={self.dtype.name})")
 
-    def clear_cache(self):
+    def clear_cache(self) -> None:
         """Drop the caches of forwards that will not be backpropagated."""
         self._stack.clear()
 
@@ -127,55 +132,66 @@ class LSTMCell(_CellBase):
     ``h, c = cell(x, (h, c))`` with x [B, input_size] (or [input_size]), h and c
     [B, hidden_size] (or None for zeros). ``dx, (dh, dc) = cell.backward(dh_new, dc_new)``
     backpropagates the most recent pending step and accumulates into ``grads``.
+    bias: with bias_ih and bias_hh; dtype: float32 or float64; seed: for the initial
+    weights, U(-1/sqrt(H), 1/sqrt(H)) as torch (None: fresh entropy). Every
+    training-mode call keeps a cache until its backward (``clear_cache()`` drops them);
+    in eval mode none is kept.
     """
 
     _gates = 4
     _has_cell_state = True
 
-    def __init__(self, input_size, hidden_size, *, bias=True, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None) -> None:
         super().__init__(_kernels.CELLS["LSTM"], input_size, hidden_size, bias, dtype, seed)
 
-    def __call__(self, x, state=None):
+    def __call__(self, x: ArrayLike, state: Optional[Tuple[ArrayLike, ArrayLike]] = None
+                 ) -> Tuple[np.ndarray, np.ndarray]:
         h, c = self._step(x, state)
         return h, c
 
-    def backward(self, dh, dc=None):
+    def backward(self, dh: ArrayLike, dc: Optional[ArrayLike] = None
+                 ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         dx, dh0, dc0 = self._backward((dh, dc))
         return dx, (dh0, dc0)
 
 
 class GRUCell(_CellBase):
-    """One GRU step, ``torch.nn.GRUCell``: ``h = cell(x, h)``, ``dx, dh = cell.backward(dh_new)``."""
+    """One GRU step, ``torch.nn.GRUCell``: ``h = cell(x, h)``, ``dx, dh = cell.backward(dh_new)``.
+    Arguments as for LSTMCell."""
 
     _gates = 3
 
-    def __init__(self, input_size, hidden_size, *, bias=True, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None) -> None:
         super().__init__(_kernels.CELLS["GRU"], input_size, hidden_size, bias, dtype, seed)
 
-    def __call__(self, x, h=None):
+    def __call__(self, x: ArrayLike, h: Optional[ArrayLike] = None) -> np.ndarray:
         return self._step(x, h)[0]
 
-    def backward(self, dh):
+    def backward(self, dh: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
         dx, dh0 = self._backward((dh,))
         return dx, dh0
 
 
 class RNNCell(_CellBase):
-    """One Elman RNN step, ``torch.nn.RNNCell``; nonlinearity "tanh" or "relu"."""
+    """One Elman RNN step, ``torch.nn.RNNCell``; nonlinearity "tanh" or "relu".
+    Other arguments as for LSTMCell."""
 
     _gates = 1
 
-    def __init__(self, input_size, hidden_size, *, bias=True, nonlinearity="tanh",
-                 dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 nonlinearity: str = "tanh", dtype: DTypeLike = np.float32,
+                 seed: Optional[int] = None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(_kernels.CELLS["RNN_" + nonlinearity.upper()], input_size,
                          hidden_size, bias, dtype, seed)
 
-    def __call__(self, x, h=None):
+    def __call__(self, x: ArrayLike, h: Optional[ArrayLike] = None) -> np.ndarray:
         return self._step(x, h)[0]
 
-    def backward(self, dh):
+    def backward(self, dh: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
         dx, dh0 = self._backward((dh,))
         return dx, dh0

@@ -4,7 +4,10 @@ The archive holds one array per parameter under the key "<module name>.<param na
 e.g. {"encoder": lstm, "head": linear} -> "encoder.weight_ih_l0", ..., "head.bias".
 It is plain numpy (no pickle), so ``np.load(path)`` reads it anywhere.
 """
+from __future__ import annotations
+
 import os
+from typing import Dict, Union
 
 import numpy as np
 
@@ -37,7 +40,7 @@ def _flat_keys(modules):
     return keys
 
 
-def _path(path):
+def _path(path) -> str:
     """path as a str; file objects are refused (save renames its file into place)."""
     try:
         return os.fspath(path)
@@ -46,7 +49,7 @@ def _path(path):
                         f"not supported), got {type(path).__name__}") from None
 
 
-def save(path, modules):
+def save(path: Union[str, "os.PathLike[str]"], modules: Dict[str, Module]) -> None:
     """Write every parameter of ``modules`` ({name: Module}) to the .npz file ``path``.
 
     ``path`` is used as given (numpy would append ".npz" to a bare name). The file is
@@ -59,7 +62,7 @@ def save(path, modules):
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy types its keywords as savez's flags
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -87,7 +90,7 @@ def _read(path):
                      f"not an .npz archive")
 
 
-def load(path, modules):
+def load(path: Union[str, "os.PathLike[str]"], modules: Dict[str, Module]) -> None:
     """Load the .npz at ``path`` into ``modules`` ({name: Module}), all or nothing.
 
     Everything is checked before any parameter is written: a missing or unexpected key
@@ -103,7 +106,7 @@ def load(path, modules):
     if missing or unexpected:
         raise KeyError(f"checkpoint {path!r} does not match the modules: missing keys "
                        f"{missing}, unexpected keys {unexpected}")
-    per_module = {name: {} for name in modules}
+    per_module: Dict[str, Dict[str, np.ndarray]] = {name: {} for name in modules}
     for key, (mname, pname) in keys.items():
         value, param = arrays[key], modules[mname].params[pname]
         if value.shape != param.shape:

@@ -1,7 +1,10 @@
 """What this build of lstmfast runs on this machine: ``lstmfast.show_config()``."""
+from __future__ import annotations
+
 import os
 import platform
 import re
+from typing import Any, Dict, Optional
 
 from . import _kernels
 from .threads import get_num_threads
@@ -28,7 +31,7 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-def _config():
+def _config() -> Dict[str, Any]:
     from . import __version__
     built = _kernels.compiled_isas()
     isas = ("avx512", "avx2", "neon", "baseline")
@@ -59,7 +62,7 @@ def _config():
     }
 
 
-def show_config(mode="stdout"):
+def show_config(mode: str = "stdout") -> Optional[Dict[str, Any]]:
     """Print (mode="stdout") or return (mode="dicts") the kernel variants this build
     holds, the one selected and why, what the CPU supports, the BLAS library with its
     version and core, and the threads a call may use.

@@ -5,15 +5,23 @@ directions, variable lengths (packed internally, the way PyTorch packs sequences
 dropout between layers, stateful carry, and the cache kept for backward. The
 recurrence itself runs in the C kernels (csrc/), one call per layer and direction.
 """
+from __future__ import annotations
+
 import warnings
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _kernels
 from .threads import get_num_threads
 from .module import Module, _from_torch
 
 __all__ = ["LSTM", "GRU", "RNN"]
+
+# h alone (GRU, RNN) or (h, c) (LSTM); arrays or array-likes (torch tensors too)
+State = Union[ArrayLike, Tuple[ArrayLike, ArrayLike]]
+StateOut = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
 _INT_MAX = 2**31 - 1
 
@@ -28,7 +36,7 @@ def _positive_int(name, value, minimum=1):
     return int(value)
 
 
-def _as_float_array(name, a, dtype):
+def _as_float_array(name, a, dtype) -> np.ndarray:
     """a as an ndarray of `dtype` (None: its own); any real numeric array-like (or torch
     tensor) is accepted."""
     if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor
@@ -118,10 +126,10 @@ class _Packing:
 class _RNNBase(Module):
     """The layer, direction and length machinery shared by LSTM, GRU and RNN."""
 
-    _gates = None   # gates per cell
+    _gates: int  # gates per cell, set by each cell class
     _has_cell_state = False
-    _torch_args = ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
-                   "dropout", "bidirectional")
+    _torch_args: Tuple[str, ...] = ("input_size", "hidden_size", "num_layers", "bias",
+                                    "batch_first", "dropout", "bidirectional")
 
     def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first,
                  dropout, bidirectional, proj_size, dtype, stateful, seed):
@@ -217,7 +225,8 @@ class _RNNBase(Module):
 
     # --- interop -------------------------------------------------------------------
     @classmethod
-    def from_torch(cls, module, *, dtype=None, **kwargs):
+    def from_torch(cls, module: Any, *, dtype: Optional[DTypeLike] = None,
+                   **kwargs: Any) -> Any:
         """A layer with the configuration and a copy of the weights of a torch module.
 
         module: a ``torch.nn`` module (or ``lstmfast.torch`` drop-in) of the same kind.
@@ -235,7 +244,7 @@ class _RNNBase(Module):
         layer.load_state_dict(state)
         return layer
 
-    def to_torch(self):
+    def to_torch(self) -> Any:
         """A ``torch.nn`` module of the same kind, configuration and weights (a copy)."""
         import torch
 
@@ -246,7 +255,7 @@ class _RNNBase(Module):
         return module
 
     # --- state --------------------------------------------------------------------
-    def reset_state(self):
+    def reset_state(self) -> None:
         """Forget the state a stateful layer carries between calls."""
         self._carry = None
 
@@ -286,10 +295,14 @@ class _RNNBase(Module):
     def _time_major(self, a):
         return a.transpose(1, 0, 2) if self.batch_first else a
 
-    def __call__(self, x, state=None, lengths=None):
+    def __call__(self, x: ArrayLike, state: Optional[State] = None,
+                 lengths: Optional[ArrayLike] = None) -> Tuple[np.ndarray, StateOut]:
         return self.forward(x, state, lengths)
 
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x: ArrayLike, state: Optional[State] = None,
+                lengths: Optional[ArrayLike] = None) -> Tuple[np.ndarray, StateOut]:
+        """Run every layer and direction over x; see the class docstring for the shapes.
+        In training mode the cache for one backward() is kept."""
         with self._training_call():
             return self._forward(x, state, lengths)
 
@@ -379,7 +392,8 @@ class _RNNBase(Module):
         sfx = _suffix(layer, direction)
         return {name[: -len(sfx)]: a for name, a in arrays.items() if name.endswith(sfx)}
 
-    def backward(self, dy, dstate=None):
+    def backward(self, dy: ArrayLike,
+                 dstate: Optional[State] = None) -> Tuple[np.ndarray, StateOut]:
         """Backpropagate through time; accumulates into ``grads``.
 
         dy is dL/dy, shaped like the forward's output; dstate is dL/d(final state), or
@@ -466,14 +480,39 @@ class LSTM(_RNNBase):
     Returns y [T, B, D*H_out] (batch-first if set) and (h_n, c_n).
     Gate order i, f, g, o; parameters weight_ih_l{k}[_reverse] [4H, in],
     weight_hh_l{k} [4H, H_out], bias_ih_l{k}, bias_hh_l{k} [4H], weight_hr_l{k} [H_out, H].
+    proj_size: with > 0, h = W_hr (o * tanh(c)) has proj_size features (torch's LSTM
+    with projections); the cell state keeps hidden_size.
+    Constructor arguments, as in ``torch.nn`` where torch has them:
+    input_size, hidden_size: features of x and of the hidden state.
+    num_layers: stacked layers; layer k > 0 takes layer k-1's output.
+    bias: with bias_ih and bias_hh (both, as in torch).
+    batch_first: x and y are [B, T, features] (the state stays [layers*D, B, F]).
+    dropout: probability of zeroing each output of every layer but the last, in training
+        mode only (scaled by 1/(1-p), as torch), drawn from the layer's own generator.
+    bidirectional: a second direction per layer, run over the reversed sequence (each
+        row from its own last step with lengths); outputs are concatenated [fwd, bwd].
+    dtype: float32 or float64, for the parameters and every computation; inputs of
+        another real dtype are converted.
+    stateful: carry the final state into the next call when none is passed (as Keras'
+        ``stateful=True``) until ``reset_state()``; the batch size must stay the same.
+    seed: seeds the generator for the initial weights (U(-1/sqrt(H), 1/sqrt(H)), as
+        torch) and dropout; None draws fresh entropy.
+
+    Attributes: ``params`` and ``grads`` (dicts of arrays, torch's names and shapes;
+    ``backward`` adds into ``grads``), ``training`` (``train()``/``eval()``; eval keeps
+    no cache and lets threads share the layer), ``record_grad_norms`` (set True to have
+    ``backward`` leave ``grad_norms``, a float64 array [num_layers*D, T] of the norm of
+    dL/dh_t over the batch at every step: how much gradient reaches each step).
     """
 
     _gates = 4
     _has_cell_state = True
 
-    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32,
-                 stateful=False, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0,
+                 dtype: DTypeLike = np.float32, stateful: bool = False,
+                 seed: Optional[int] = None) -> None:
         super().__init__(_kernels.CELLS["LSTM"], input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, proj_size, dtype, stateful, seed)
 
@@ -481,7 +520,7 @@ class LSTM(_RNNBase):
 
     # Keras stores one layer as kernel [I, 4H], recurrent_kernel [H, 4H] and one bias
     # [4H], gate order i, f, c, o: PyTorch's order, transposed, with the biases summed.
-    def keras_weights(self):
+    def keras_weights(self) -> list:
         """Weights as Keras ``get_weights()`` lists, one list per layer.
 
         Each list is [kernel, recurrent_kernel, bias] (without bias when bias=False),
@@ -502,7 +541,8 @@ class LSTM(_RNNBase):
         return out
 
     @classmethod
-    def from_keras_weights(cls, weights, *, bidirectional=False, dtype=np.float32, **kwargs):
+    def from_keras_weights(cls, weights: Sequence[Any], *, bidirectional: bool = False,
+                           dtype: DTypeLike = np.float32, **kwargs: Any) -> "LSTM":
         """An LSTM from Keras weights: one layer's ``get_weights()`` list, or a list of them.
 
         A list of 3 arrays (2 without bias) per direction, as Keras' LSTM (or, with
@@ -549,12 +589,36 @@ class GRU(_RNNBase):
     Gate order r, z, n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) and
     h' = (1 - z) * n + z * h. state: h0 [num_layers*D, B, hidden_size] or None.
     Returns y [T, B, D*hidden_size] and h_n. Shapes otherwise as for LSTM.
+    Constructor arguments, as in ``torch.nn`` where torch has them:
+    input_size, hidden_size: features of x and of the hidden state.
+    num_layers: stacked layers; layer k > 0 takes layer k-1's output.
+    bias: with bias_ih and bias_hh (both, as in torch).
+    batch_first: x and y are [B, T, features] (the state stays [layers*D, B, F]).
+    dropout: probability of zeroing each output of every layer but the last, in training
+        mode only (scaled by 1/(1-p), as torch), drawn from the layer's own generator.
+    bidirectional: a second direction per layer, run over the reversed sequence (each
+        row from its own last step with lengths); outputs are concatenated [fwd, bwd].
+    dtype: float32 or float64, for the parameters and every computation; inputs of
+        another real dtype are converted.
+    stateful: carry the final state into the next call when none is passed (as Keras'
+        ``stateful=True``) until ``reset_state()``; the batch size must stay the same.
+    seed: seeds the generator for the initial weights (U(-1/sqrt(H), 1/sqrt(H)), as
+        torch) and dropout; None draws fresh entropy.
+
+    Attributes: ``params`` and ``grads`` (dicts of arrays, torch's names and shapes;
+    ``backward`` adds into ``grads``), ``training`` (``train()``/``eval()``; eval keeps
+    no cache and lets threads share the layer), ``record_grad_norms`` (set True to have
+    ``backward`` leave ``grad_norms``, a float64 array [num_layers*D, T] of the norm of
+    dL/dh_t over the batch at every step: how much gradient reaches each step).
     """
+
 
     _gates = 3
 
-    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, stateful=False, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, dtype: DTypeLike = np.float32,
+                 stateful: bool = False, seed: Optional[int] = None) -> None:
         super().__init__(_kernels.CELLS["GRU"], input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, 0, dtype, stateful, seed)
 
@@ -564,13 +628,37 @@ class RNN(_RNNBase):
 
     nonlinearity: "tanh" or "relu". state: h0 [num_layers*D, B, hidden_size] or None.
     Returns y [T, B, D*hidden_size] and h_n. Shapes otherwise as for LSTM.
+    Constructor arguments, as in ``torch.nn`` where torch has them:
+    input_size, hidden_size: features of x and of the hidden state.
+    num_layers: stacked layers; layer k > 0 takes layer k-1's output.
+    bias: with bias_ih and bias_hh (both, as in torch).
+    batch_first: x and y are [B, T, features] (the state stays [layers*D, B, F]).
+    dropout: probability of zeroing each output of every layer but the last, in training
+        mode only (scaled by 1/(1-p), as torch), drawn from the layer's own generator.
+    bidirectional: a second direction per layer, run over the reversed sequence (each
+        row from its own last step with lengths); outputs are concatenated [fwd, bwd].
+    dtype: float32 or float64, for the parameters and every computation; inputs of
+        another real dtype are converted.
+    stateful: carry the final state into the next call when none is passed (as Keras'
+        ``stateful=True``) until ``reset_state()``; the batch size must stay the same.
+    seed: seeds the generator for the initial weights (U(-1/sqrt(H), 1/sqrt(H)), as
+        torch) and dropout; None draws fresh entropy.
+
+    Attributes: ``params`` and ``grads`` (dicts of arrays, torch's names and shapes;
+    ``backward`` adds into ``grads``), ``training`` (``train()``/``eval()``; eval keeps
+    no cache and lets threads share the layer), ``record_grad_norms`` (set True to have
+    ``backward`` leave ``grad_norms``, a float64 array [num_layers*D, T] of the norm of
+    dL/dh_t over the batch at every step: how much gradient reaches each step).
     """
+
 
     _gates = 1
 
-    def __init__(self, input_size, hidden_size, num_layers=1, *, nonlinearity="tanh",
-                 bias=True, batch_first=False, dropout=0.0, bidirectional=False,
-                 dtype=np.float32, stateful=False, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False,
+                 dtype: DTypeLike = np.float32, stateful: bool = False,
+                 seed: Optional[int] = None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity

@@ -1,8 +1,12 @@
 """The base every lstmfast layer shares: parameters, gradients, train/eval, state_dict."""
+from __future__ import annotations
+
 import contextlib
 import threading
+from typing import Any, Dict, Iterator, Mapping, Tuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 __all__ = ["Module"]
 
@@ -23,13 +27,13 @@ class Module:
     optimizers update ``params`` in place, so an array taken from ``params`` stays live.
     """
 
-    def __init__(self, dtype=np.float32):
+    def __init__(self, dtype: DTypeLike = np.float32) -> None:
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         self.dtype = dtype
-        self.params = {}
-        self.grads = {}
+        self.params: Dict[str, np.ndarray] = {}
+        self.grads: Dict[str, np.ndarray] = {}
         self.training = True
 
     def _add_param(self, name, value):
@@ -73,29 +77,32 @@ class Module:
                 raise ValueError(f"grads[{k!r}] must be a writable C-contiguous {self.dtype} "
                                  f"array of shape {p.shape}, got {got}")
 
-    def named_parameters(self):
+    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
         """Yield ``(name, param, grad)`` for every parameter."""
         for name, p in self.params.items():
             yield name, p, self.grads[name]
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every gradient to zero, in place."""
         for g in self.grads.values():
             g[...] = 0
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "Module":
+        """Training mode (forward keeps the cache for backward) or, with False, eval."""
         if not isinstance(mode, (bool, np.bool_)):  # train("False") would mean training
             raise ValueError(f"training mode is expected to be a bool, got {mode!r}")
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> "Module":
+        """Eval mode: no cache, no dropout; threads may share the layer."""
         return self.train(False)
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """A copy of every parameter, keyed by name."""
         return {k: v.copy() for k, v in self.params.items()}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Copy parameters in from ``state_dict`` (arrays, torch tensors or array-likes).
 
         Every key and shape is checked before anything is copied, so a mismatched dict

@@ -15,9 +15,14 @@ so that a diverging run stops with an error instead of training on NaNs::
     check_finite(loss)
     embed.backward(head.backward(dlogits))
 """
+from __future__ import annotations
+
 import operator
 
+from typing import Any, Optional, Tuple
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .module import Module
 
@@ -36,7 +41,7 @@ def _check_size(name, value):
     return n
 
 
-def _as_real(x, name, dtype=None):
+def _as_real(x, name, dtype=None) -> np.ndarray:
     """``x`` as an ndarray of ``dtype`` (default: its own float dtype, float64 for ints).
 
     Bool, complex, string and object arrays are refused rather than silently cast.
@@ -49,7 +54,7 @@ def _as_real(x, name, dtype=None):
     return x.astype(dtype, copy=False)
 
 
-def _as_indices(x, name):
+def _as_indices(x, name) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "iu":
         # An empty list comes out of numpy as float64; it holds no bad index.
@@ -74,7 +79,8 @@ class Linear(Module):
     float32 and float64.
     """
 
-    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None) -> None:
         super().__init__(dtype)
         self.in_features = _check_size("in_features", in_features)
         self.out_features = _check_size("out_features", out_features)
@@ -83,13 +89,13 @@ class Linear(Module):
         self._add_param("weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)))
         if bias:
             self._add_param("bias", rng.uniform(-bound, bound, self.out_features))
-        self._x = None
+        self._x: Optional[np.ndarray] = None
 
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={'bias' in self.params}, dtype={self.dtype.name})")
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         """x [..., in_features] -> y [..., out_features].
 
         In training mode ``x`` is kept (not copied) for ``backward``: do not modify it in
@@ -107,7 +113,7 @@ class Linear(Module):
         self._x = x if self.training else None
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> Optional[np.ndarray]:
         """dy [..., out_features] -> dx [..., in_features]; adds into grads."""
         if self._x is None:
             raise RuntimeError("Linear.backward needs a forward pass in training mode first "
@@ -133,7 +139,8 @@ class Embedding(Module):
     Parameter: ``weight`` [num_embeddings, embedding_dim], drawn from N(0, 1) as torch does.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, *, dtype=np.float32, seed=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, *,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None) -> None:
         super().__init__(dtype)
         self.num_embeddings = _check_size("num_embeddings", num_embeddings)
         self.embedding_dim = _check_size("embedding_dim", embedding_dim)
@@ -145,7 +152,7 @@ class Embedding(Module):
         return (f"Embedding({self.num_embeddings}, {self.embedding_dim}, "
                 f"dtype={self.dtype.name})")
 
-    def __call__(self, indices):
+    def __call__(self, indices: ArrayLike) -> np.ndarray:
         """indices: integer array of any shape [...] -> [..., embedding_dim]."""
         idx = _as_indices(indices, "Embedding indices")
         _check_range(idx, self.num_embeddings, "Embedding indices")
@@ -153,7 +160,7 @@ class Embedding(Module):
         self._idx = idx.copy() if self.training else None
         return self.params["weight"][idx]
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> Optional[np.ndarray]:
         """dy [..., embedding_dim]: adds into grads["weight"]; returns None (no input grad)."""
         if self._idx is None:
             raise RuntimeError("Embedding.backward needs a forward pass in training mode first "
@@ -169,7 +176,7 @@ class Embedding(Module):
         return None
 
 
-def softmax(x, axis=-1):
+def softmax(x: ArrayLike, axis: int = -1) -> np.ndarray:
     """Softmax along ``axis``, shifted by the max so that large inputs do not overflow."""
     x = _as_real(x, "softmax input")
     e = np.exp(x - x.max(axis=axis, keepdims=True))
@@ -192,7 +199,8 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def cross_entropy(logits, target, reduction="mean"):
+def cross_entropy(logits: ArrayLike, target: ArrayLike, reduction: str = "mean"
+                  ) -> Tuple[Any, np.ndarray]:
     """Softmax cross-entropy over the last axis, as ``torch.nn.functional.cross_entropy``.
 
     logits [..., C] (float), target [...] (integer class labels in [0, C)).
@@ -223,7 +231,8 @@ def cross_entropy(logits, target, reduction="mean"):
     return _reduce(loss, grad, reduction)
 
 
-def mse_loss(pred, target, reduction="mean"):
+def mse_loss(pred: ArrayLike, target: ArrayLike, reduction: str = "mean"
+             ) -> Tuple[Any, np.ndarray]:
     """Squared error, as ``torch.nn.functional.mse_loss``; pred and target share a shape.
 
     Returns ``(loss, dpred)`` with the same conventions as ``cross_entropy``.
@@ -239,7 +248,7 @@ def mse_loss(pred, target, reduction="mean"):
     return _reduce(diff * diff, 2 * diff, reduction)
 
 
-def check_finite(loss):
+def check_finite(loss: Any) -> None:
     """Return ``loss`` unchanged if every value is finite, else raise FloatingPointError.
 
     Meant for the training loop, right after the loss is computed: a NaN or inf loss means

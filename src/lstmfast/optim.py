@@ -6,13 +6,18 @@ arrays taken from ``module.params`` stay live. Per-parameter state (momentum, Ad
 is keyed by (module position, parameter name). The learning rate is the attribute ``lr``
 and may be changed between steps.
 """
+from __future__ import annotations
+
 import math
+from typing import Iterable, Tuple, Union
 
 import numpy as np
 
 from .module import Module
 
 __all__ = ["SGD", "Adam", "clip_grad_norm", "clip_grad_value"]
+
+Modules = Union[Module, Iterable[Module]]
 
 
 def _as_modules(modules):
@@ -53,7 +58,7 @@ class _Optimizer:
             for name, p, g in m.named_parameters():
                 yield self.state.setdefault((i, name), {}), p, g
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for m in self.modules:
             m.zero_grad()
 
@@ -68,7 +73,8 @@ class SGD(_Optimizer):
         p = p - lr * g
     """
 
-    def __init__(self, modules, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, modules: Modules, lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(modules, lr)
         self.momentum = _check_nonneg("momentum", momentum)
         self.weight_decay = _check_nonneg("weight_decay", weight_decay)
@@ -76,7 +82,7 @@ class SGD(_Optimizer):
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True requires momentum > 0")
 
-    def step(self):
+    def step(self) -> None:
         for state, p, g in self._params():
             if self.weight_decay:
                 g = g + self.weight_decay * p
@@ -102,7 +108,9 @@ class Adam(_Optimizer):
         p = p - lr / (1 - b1**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)
     """
 
-    def __init__(self, modules, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, modules: Modules, lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(modules, lr)
         try:
             b1, b2 = (float(b) for b in betas)
@@ -115,7 +123,7 @@ class Adam(_Optimizer):
         self.eps = _check_nonneg("eps", eps)
         self.weight_decay = _check_nonneg("weight_decay", weight_decay)
 
-    def step(self):
+    def step(self) -> None:
         b1, b2 = self.betas
         for state, p, g in self._params():
             if not state:
@@ -139,7 +147,8 @@ def _grads(modules):
     return [g for m in _as_modules(modules) for _, _, g in m.named_parameters()]
 
 
-def clip_grad_norm(modules, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm(modules: Modules, max_norm: float, norm_type: float = 2.0,
+                   error_if_nonfinite: bool = False) -> float:
     """Scale all gradients together so their joint norm is at most ``max_norm``.
 
     As ``torch.nn.utils.clip_grad_norm_``: the total norm is the ``norm_type`` norm of the
@@ -170,7 +179,7 @@ def clip_grad_norm(modules, max_norm, norm_type=2.0, error_if_nonfinite=False):
     return total
 
 
-def clip_grad_value(modules, clip_value):
+def clip_grad_value(modules: Modules, clip_value: float) -> None:
     """Clip every gradient element into [-clip_value, clip_value], in place."""
     clip_value = _check_nonneg("clip_value", clip_value)
     for g in _grads(modules):

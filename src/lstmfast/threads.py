@@ -1,15 +1,18 @@
 """How many threads lstmfast's kernels may use (its own, and BLAS inside its calls)."""
+from __future__ import annotations
+
 import operator
 import os
+from typing import Optional
 
 import numpy as np
 
 __all__ = ["set_num_threads", "get_num_threads"]
 
-_requested = None  # None: every core this process may run on
+_requested: Optional[int] = None  # None: every core this process may run on
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> None:
     """Let each kernel call use at most n threads; n=None restores the default (all cores).
 
     Like ``torch.set_num_threads``, this is a process-wide setting. The BLAS calls
@@ -30,7 +33,9 @@ def set_num_threads(n):
     _requested = n
 
 
-def get_num_threads():
+def get_num_threads() -> int:
+    """The threads a kernel call may use: set_num_threads's value, else every core this
+    process may run on."""
     if _requested is not None:
         return _requested
     try:

@@ -7,6 +7,7 @@ state, batch_first) and parameter names, so optimizers, ``state_dict`` and
 Importing this module imports torch; importing ``lstmfast`` does not.
 """
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ class _Recurrence(torch.autograd.Function):
 
 
 class _RNNBase(torch.nn.Module):
-    _engine_cls = None
+    _engine_cls: Any = None  # the numpy layer class behind the module
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, **engine_kw):
