@@ -481,29 +481,7 @@ class LSTM(_RNNBase):
     Gate order i, f, g, o; parameters weight_ih_l{k}[_reverse] [4H, in],
     weight_hh_l{k} [4H, H_out], bias_ih_l{k}, bias_hh_l{k} [4H], weight_hr_l{k} [H_out, H].
     proj_size: with > 0, h = W_hr (o * tanh(c)) has proj_size features (torch's LSTM
-    with projections); the cell state keeps hidden_size.
-    Constructor arguments, as in ``torch.nn`` where torch has them:
-    input_size, hidden_size: features of x and of the hidden state.
-    num_layers: stacked layers; layer k > 0 takes layer k-1's output.
-    bias: with bias_ih and bias_hh (both, as in torch).
-    batch_first: x and y are [B, T, features] (the state stays [layers*D, B, F]).
-    dropout: probability of zeroing each output of every layer but the last, in training
-        mode only (scaled by 1/(1-p), as torch), drawn from the layer's own generator.
-    bidirectional: a second direction per layer, run over the reversed sequence (each
-        row from its own last step with lengths); outputs are concatenated [fwd, bwd].
-    dtype: float32 or float64, for the parameters and every computation; inputs of
-        another real dtype are converted.
-    stateful: carry the final state into the next call when none is passed (as Keras'
-        ``stateful=True``) until ``reset_state()``; the batch size must stay the same.
-    seed: seeds the generator for the initial weights (U(-1/sqrt(H), 1/sqrt(H)), as
-        torch) and dropout; None draws fresh entropy.
-
-    Attributes: ``params`` and ``grads`` (dicts of arrays, torch's names and shapes;
-    ``backward`` adds into ``grads``), ``training`` (``train()``/``eval()``; eval keeps
-    no cache and lets threads share the layer), ``record_grad_norms`` (set True to have
-    ``backward`` leave ``grad_norms``, a float64 array [num_layers*D, T] of the norm of
-    dL/dh_t over the batch at every step: how much gradient reaches each step).
-    """
+    with projections); the cell state keeps hidden_size.    """
 
     _gates = 4
     _has_cell_state = True
@@ -588,29 +566,7 @@ class GRU(_RNNBase):
 
     Gate order r, z, n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) and
     h' = (1 - z) * n + z * h. state: h0 [num_layers*D, B, hidden_size] or None.
-    Returns y [T, B, D*hidden_size] and h_n. Shapes otherwise as for LSTM.
-    Constructor arguments, as in ``torch.nn`` where torch has them:
-    input_size, hidden_size: features of x and of the hidden state.
-    num_layers: stacked layers; layer k > 0 takes layer k-1's output.
-    bias: with bias_ih and bias_hh (both, as in torch).
-    batch_first: x and y are [B, T, features] (the state stays [layers*D, B, F]).
-    dropout: probability of zeroing each output of every layer but the last, in training
-        mode only (scaled by 1/(1-p), as torch), drawn from the layer's own generator.
-    bidirectional: a second direction per layer, run over the reversed sequence (each
-        row from its own last step with lengths); outputs are concatenated [fwd, bwd].
-    dtype: float32 or float64, for the parameters and every computation; inputs of
-        another real dtype are converted.
-    stateful: carry the final state into the next call when none is passed (as Keras'
-        ``stateful=True``) until ``reset_state()``; the batch size must stay the same.
-    seed: seeds the generator for the initial weights (U(-1/sqrt(H), 1/sqrt(H)), as
-        torch) and dropout; None draws fresh entropy.
-
-    Attributes: ``params`` and ``grads`` (dicts of arrays, torch's names and shapes;
-    ``backward`` adds into ``grads``), ``training`` (``train()``/``eval()``; eval keeps
-    no cache and lets threads share the layer), ``record_grad_norms`` (set True to have
-    ``backward`` leave ``grad_norms``, a float64 array [num_layers*D, T] of the norm of
-    dL/dh_t over the batch at every step: how much gradient reaches each step).
-    """
+    Returns y [T, B, D*hidden_size] and h_n. Shapes otherwise as for LSTM.    """
 
 
     _gates = 3
@@ -627,29 +583,7 @@ class RNN(_RNNBase):
     """Elman RNN, h' = act(W_ih x + b_ih + W_hh h + b_hh), ``torch.nn.RNN``'s layout.
 
     nonlinearity: "tanh" or "relu". state: h0 [num_layers*D, B, hidden_size] or None.
-    Returns y [T, B, D*hidden_size] and h_n. Shapes otherwise as for LSTM.
-    Constructor arguments, as in ``torch.nn`` where torch has them:
-    input_size, hidden_size: features of x and of the hidden state.
-    num_layers: stacked layers; layer k > 0 takes layer k-1's output.
-    bias: with bias_ih and bias_hh (both, as in torch).
-    batch_first: x and y are [B, T, features] (the state stays [layers*D, B, F]).
-    dropout: probability of zeroing each output of every layer but the last, in training
-        mode only (scaled by 1/(1-p), as torch), drawn from the layer's own generator.
-    bidirectional: a second direction per layer, run over the reversed sequence (each
-        row from its own last step with lengths); outputs are concatenated [fwd, bwd].
-    dtype: float32 or float64, for the parameters and every computation; inputs of
-        another real dtype are converted.
-    stateful: carry the final state into the next call when none is passed (as Keras'
-        ``stateful=True``) until ``reset_state()``; the batch size must stay the same.
-    seed: seeds the generator for the initial weights (U(-1/sqrt(H), 1/sqrt(H)), as
-        torch) and dropout; None draws fresh entropy.
-
-    Attributes: ``params`` and ``grads`` (dicts of arrays, torch's names and shapes;
-    ``backward`` adds into ``grads``), ``training`` (``train()``/``eval()``; eval keeps
-    no cache and lets threads share the layer), ``record_grad_norms`` (set True to have
-    ``backward`` leave ``grad_norms``, a float64 array [num_layers*D, T] of the norm of
-    dL/dh_t over the batch at every step: how much gradient reaches each step).
-    """
+    Returns y [T, B, D*hidden_size] and h_n. Shapes otherwise as for LSTM.    """
 
 
     _gates = 1
@@ -670,3 +604,32 @@ class RNN(_RNNBase):
 
     def _extra_repr(self):
         return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []
+
+
+# The constructor arguments and attributes every layer shares, documented once.
+_SHARED_DOC = """
+    Constructor arguments, as in ``torch.nn`` where torch has them:
+    input_size, hidden_size: features of x and of the hidden state.
+    num_layers: stacked layers; layer k > 0 takes layer k-1's output.
+    bias: with bias_ih and bias_hh (both, as in torch).
+    batch_first: x and y are [B, T, features] (the state stays [layers*D, B, F]).
+    dropout: probability of zeroing each output of every layer but the last, in training
+        mode only (scaled by 1/(1-p), as torch), drawn from the layer's own generator.
+    bidirectional: a second direction per layer, run over the reversed sequence (each
+        row from its own last step with lengths); outputs are concatenated [fwd, bwd].
+    dtype: float32 or float64, for the parameters and every computation; inputs of
+        another real dtype are converted.
+    stateful: carry the final state into the next call when none is passed (as Keras'
+        ``stateful=True``) until ``reset_state()``; the batch size must stay the same.
+    seed: seeds the generator for the initial weights (U(-1/sqrt(H), 1/sqrt(H)), as
+        torch) and dropout; None draws fresh entropy.
+
+    Attributes: ``params`` and ``grads`` (dicts of arrays, torch's names and shapes;
+    ``backward`` adds into ``grads``), ``training`` (``train()``/``eval()``; eval keeps
+    no cache and lets threads share the layer), ``record_grad_norms`` (set True to have
+    ``backward`` leave ``grad_norms``, a float64 array [num_layers*D, T] of the norm of
+    dL/dh_t over the batch at every step: how much gradient reaches each step).
+"""
+for _cls in (LSTM, GRU, RNN):
+    if _cls.__doc__:  # None under python -OO
+        _cls.__doc__ = _cls.__doc__.rstrip() + "\n" + _SHARED_DOC
