@@ -224,6 +224,15 @@ static unsigned FN(panels_signature)(const lf_dims *d, int training)
     return h | 1;
 }
 
+/* Unit blocks (of VL units) per chunk of a forward step's work: 32 units of an LSTM or
+ * GRU, 64 of an RNN, at most 4 or 8 blocks; wider vectors make fewer, larger blocks, and
+ * a step with fewer chunks than threads leaves threads idle at its barrier. */
+static int FN(chunk_blocks)(int cell)
+{
+    const int units = cell == LF_LSTM || cell == LF_GRU ? 32 : 64;
+    return units / (VL > 8 ? VL : 8);
+}
+
 /* Elements of work, with room to align the panels to 64 bytes. */
 static size_t FN(lf_forward_work_size)(const lf_dims *d, int training)
 {
@@ -297,7 +306,7 @@ static void FN(fwd_worker)(void *arg, int tid)
      * stay in its cache), then any another thread has not yet started. A thread held up
      * (the machine is shared) no longer holds up the step; every chunk is computed by
      * one thread the same way, so the results do not depend on who does what. */
-    const int per = c->pw.data ? (lstm || gru ? 4 : 8) * lf_num_gates(cell) / c->pw.NV
+    const int per = c->pw.data ? FN(chunk_blocks)(cell) * lf_num_gates(cell) / c->pw.NV
                                : c->pw.npanels;
     const int nchunks = (c->pw.npanels + per - 1) / per;
     int k0, k1, p0, p1, q0 = 0, q1 = 0, v0 = 0, v1 = 0;
