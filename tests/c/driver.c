@@ -98,21 +98,19 @@ int main(void)
         const size_t bw = es == 4 ? k->backward_work_size_f32(&d) : k->backward_work_size_f64(&d);
         void *work = take((fw > bw ? fw : bw) * es);
         int rc;
+        /* the arrays are void *: one spelling of the calls serves both dtypes */
+#define RUN(fwd, bwd)                                                                     \
+    rc = k->fwd(&bl, &d, x, I, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, P, h_n, c_n, gates, \
+                aux, work, 0);                                                            \
+    if (rc == LF_OK)                                                                      \
+        rc = k->bwd(&bl, &d, x, I, w_ih, w_hh, w_hr, h0, c0, y, P, gates, aux, dy, P, dh_n, \
+                    dc_n, dx, I, 0, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, NULL, work);
         if (es == 4) {
-            rc = k->forward_f32(&bl, &d, x, I, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, P,
-                                h_n, c_n, gates, aux, work, 0);
-            if (rc == LF_OK)
-                rc = k->backward_f32(&bl, &d, x, I, w_ih, w_hh, w_hr, h0, c0, y, P, gates,
-                                     aux, dy, P, dh_n, dc_n, dx, I, 0, dh0, dc0, dw_ih, dw_hh,
-                                     db_ih, db_hh, dw_hr, NULL, work);
+            RUN(forward_f32, backward_f32)
         } else {
-            rc = k->forward_f64(&bl, &d, x, I, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, P,
-                                h_n, c_n, gates, aux, work, 0);
-            if (rc == LF_OK)
-                rc = k->backward_f64(&bl, &d, x, I, w_ih, w_hh, w_hr, h0, c0, y, P, gates,
-                                     aux, dy, P, dh_n, dc_n, dx, I, 0, dh0, dc0, dw_ih, dw_hh,
-                                     db_ih, db_hh, dw_hr, NULL, work);
+            RUN(forward_f64, backward_f64)
         }
+#undef RUN
         int32_t status = rc;
         write_array(&status, 4);
         write_array(y, N * P * es); write_array(h_n, (size_t)B * P * es);
