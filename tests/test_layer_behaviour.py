@@ -631,3 +631,29 @@ def test_huge_inputs_give_finite_results_without_warnings(mode, dtype, rng):
     if not case.P:
         # sigmoid/tanh outputs: |h| <= 1 (LSTM: o * tanh(c); GRU: a mix of tanh and h0 = 0)
         assert np.all(np.abs(y) <= 1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda dt: lstmfast.LSTM(1024, 1024, dtype=dt, seed=5),
+    lambda dt: lstmfast.GRUCell(1024, 1024, dtype=dt, seed=5),
+    lambda dt: lstmfast.Linear(1000, 5000, dtype=dt, seed=5),
+    lambda dt: lstmfast.Embedding(5000, 1000, dtype=dt, seed=5),
+], ids=["LSTM", "GRUCell", "Linear", "Embedding"])
+def test_parameters_are_initialised_in_their_own_dtype(make):
+    """A float32 module is drawn without a float64 copy of any parameter: the peak of
+    the construction stays within its parameters and gradients plus one block of 2**20
+    float64 draws (a float64 copy of these 3-5M-element weights would add 24-40 MB),
+    and a seed still gives the float64 module's values, rounded."""
+    tracemalloc.start()
+    try:
+        m32 = make(np.float32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    owned = sum(p.nbytes + m32.grads[k].nbytes for k, p in m32.params.items())
+    assert max(p.size for p in m32.params.values()) >= 3 << 20
+    assert peak <= owned + 8 * (1 << 20) + (1 << 20), (peak, owned)
+    m64 = make(np.float64)
+    for k, p in m64.params.items():
+        assert m32.params[k].dtype == np.float32
+        np.testing.assert_array_equal(m32.params[k], p.astype(np.float32))

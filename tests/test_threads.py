@@ -69,6 +69,16 @@ def test_set_num_threads_validates(restore_threads):
     assert lstmfast.get_num_threads() >= 1
 
 
+def test_set_num_threads_refuses_what_the_kernels_cannot_take(restore_threads):
+    """The kernels take the count as a C int: a larger one was accepted and then made
+    every layer call fail with OverflowError."""
+    with pytest.raises(ValueError, match="at most 2\\*\\*31-1"):
+        lstmfast.set_num_threads(2**40)
+    lstmfast.set_num_threads(2**31 - 1)  # accepted, and the kernels clamp it
+    y, _ = lstmfast.LSTM(3, 4, seed=0)(np.ones((2, 1, 3)))
+    assert y.shape == (2, 1, 4)
+
+
 def _team_layer():
     """An eval layer and input large enough for a team of threads (see _run)."""
     rng = np.random.default_rng(3)

@@ -40,7 +40,7 @@ class _CellBase(Module):
         if self.bias:
             shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
         for name, shape in shapes:
-            self._add_param(name, rng.uniform(-k, k, shape))
+            self._add_random(name, lambda n: rng.uniform(-k, k, n), shape)
 
     def __repr__(self):
         extra = "" if self.bias else ", bias=False"

@@ -183,7 +183,7 @@ class _RNNBase(Module):
                 if self.proj_size:
                     shapes.append(("weight_hr" + sfx, (P, H)))
                 for name, shape in shapes:
-                    self._add_param(name, self._rng.uniform(-k, k, shape))
+                    self._add_random(name, lambda n: self._rng.uniform(-k, k, n), shape)
 
     # --- shapes -------------------------------------------------------------------
     @property

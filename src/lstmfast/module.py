@@ -36,6 +36,19 @@ class Module:
         self.grads: Dict[str, np.ndarray] = {}
         self.training = True
 
+    def _add_random(self, name, draw, shape):
+        """A parameter of `shape` filled from draw(n), n float64 values at a time, in
+        order: the values equal one draw of the whole (so a seed gives the same weights
+        in float32 and float64), without a float64 copy of the whole parameter (a large
+        float32 layer would have needed three times its size)."""
+        value = np.empty(shape, self.dtype)
+        flat = value.reshape(-1)
+        block = 1 << 20
+        for i in range(0, flat.size, block):
+            flat[i:i + block] = draw(min(block, flat.size - i))
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
     def _add_param(self, name, value):
         value = np.array(value, dtype=self.dtype, order="C")  # always a copy: params are updated in place
         self.params[name] = value

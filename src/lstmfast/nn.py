@@ -86,9 +86,11 @@ class Linear(Module):
         self.out_features = _check_size("out_features", out_features)
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(self.in_features)
-        self._add_param("weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)))
+        self._add_random("weight", lambda n: rng.uniform(-bound, bound, n),
+                         (self.out_features, self.in_features))
         if bias:
-            self._add_param("bias", rng.uniform(-bound, bound, self.out_features))
+            self._add_random("bias", lambda n: rng.uniform(-bound, bound, n),
+                             (self.out_features,))
         self._x: Optional[np.ndarray] = None
 
     def __repr__(self):
@@ -145,7 +147,8 @@ class Embedding(Module):
         self.num_embeddings = _check_size("num_embeddings", num_embeddings)
         self.embedding_dim = _check_size("embedding_dim", embedding_dim)
         rng = np.random.default_rng(seed)
-        self._add_param("weight", rng.standard_normal((self.num_embeddings, self.embedding_dim)))
+        self._add_random("weight", rng.standard_normal,
+                         (self.num_embeddings, self.embedding_dim))
         self._idx = None
 
     def __repr__(self):

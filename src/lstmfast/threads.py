@@ -29,6 +29,8 @@ def set_num_threads(n: Optional[int]) -> None:
             value = None
         if isinstance(n, (bool, np.bool_)) or value is None or value < 1:
             raise ValueError(f"the number of threads must be a positive int, got {n!r}")
+        if value > 2**31 - 1:  # the kernels take an int (and use at most 64 threads)
+            raise ValueError(f"the number of threads must be at most 2**31-1, got {n!r}")
         n = value
     _requested = n
 
