@@ -35,7 +35,7 @@ import numpy as np
 
 import lstmfast
 
-from . import _peers
+from . import _kernels, _peers
 from ._peers import PEERS, PeerMismatch, Problem, gflop, set_threads, verify
 from .demo import _cannot_write
 
@@ -188,15 +188,10 @@ def _source_revision(module):
 
 
 def machine_info(threads):
+    config = lstmfast.show_config("dicts")  # CPU, kernel variant, BLAS, cores
     info = {"python": platform.python_version(), "platform": platform.platform(),
-            "threads": threads, "cores_available": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity") else os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.*)", f.read())
-        info["cpu"] = m.group(1) if m else platform.processor()
-    except OSError:
-        info["cpu"] = platform.processor()
+            "threads": threads, "cores_available": config["threads"]["cores_available"],
+            "cpu": config["cpu"]["name"], "config": config}
     info["env"] = {k: os.environ.get(k) for k in (
         "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
         "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
@@ -205,7 +200,6 @@ def machine_info(threads):
         ok, why = cls.available()
         versions[name] = why if ok else f"missing: {why}"
     import scipy
-    import lstmfast
     versions["lstmfast"] = f"lstmfast {lstmfast.__version__}{_source_revision(lstmfast)}"
     versions["numpy"] = f"numpy {np.__version__}, scipy {scipy.__version__}"
     info["versions"] = versions
@@ -354,7 +348,6 @@ def _fmt(v, spec, width):
 def fma_peak(dtype, threads):
     """GFLOP/s ceiling of the kernel variant in use: its register-resident vector FMAs on
     one core (csrc/panel.template.h, fma_peak), times the threads a call may use."""
-    from lstmfast import _kernels
     return _kernels.fma_peak(_kernels.ISA, dtype) * threads
 
 
@@ -560,7 +553,7 @@ def main(argv=None):
         "each bundle an OpenBLAS; lstmfast calls scipy's)")
     for line in _peers.thread_report():
         print(f"  pool         {line}")
-    config = lstmfast.show_config("dicts")
+    config = info["config"]
     kern = config["kernels"]
     peak = fma_peak(dtype, args.threads)
     print(f"  kernels      lstmfast's {kern['selected']} variant ({kern['reason']}; built: "
@@ -621,7 +614,7 @@ def main(argv=None):
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "config": config,
+            json.dump({"machine": info,
                        "fma_peak_gflops": {"start": peak, "end": peak_end},
                        "threads_control": how, "gemm_gflops": gemm,
                        "gemm_gflops_end": {dtype.name: gemm_end},
