@@ -73,6 +73,21 @@ typedef struct lf_pool lf_pool;
 lf_pool *lf_pool_new(void);
 void lf_pool_free(lf_pool *pool);
 
+/* An OpenMP runtime already loaded in the process (torch's): GOMP_parallel and
+ * omp_get_thread_num / omp_get_num_threads, found by the caller. A pool given one runs
+ * its calls on that runtime's team instead of its own helpers: inside a torch process
+ * those threads spin for milliseconds after every torch operation, so helpers of our
+ * own would fight them for the cores (measured: a 2-layer LSTM training step 1.3x
+ * slower than with one thread). A team of another size than asked falls back to the
+ * pool's own helpers. */
+typedef struct {
+    void (*parallel)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
+    int (*thread_num)(void);
+    int (*num_threads)(void);
+} lf_openmp;
+
+void lf_pool_use_openmp(lf_pool *pool, const lf_openmp *omp);
+
 /* Gates per cell, and the size of the per-step extra cache (LSTM: c_t, GRU: the
  * recurrent part of n, RNN: none) in elements per row. */
 static inline int lf_num_gates(int cell)

@@ -133,6 +133,7 @@ typedef struct {
 } __attribute__((aligned(64))) lf_helper;
 
 struct lf_pool {
+    lf_openmp omp;    /* parallel NULL: none */
     lf_helper h[LF_MAX_THREADS];  /* h[1 .. n] started */
     int n;
     pid_t pid;    /* the process that started them */
@@ -238,12 +239,12 @@ static void lf_pool_run(lf_pool *pool, lf_team *tm, int want, void (*fn)(void *,
 }
 #else
 struct lf_pool {
-    int unused;
+    lf_openmp omp;
 };
 
 lf_pool *lf_pool_new(void)
 {
-    return malloc(sizeof(lf_pool));
+    return calloc(1, sizeof(lf_pool));
 }
 
 void lf_pool_free(lf_pool *pool)
@@ -252,11 +253,50 @@ void lf_pool_free(lf_pool *pool)
 }
 #endif
 
+void lf_pool_use_openmp(lf_pool *pool, const lf_openmp *omp)
+{
+    pool->omp = *omp;
+}
+
+typedef struct {
+    lf_job job;  /* tid unused: each thread asks the runtime */
+    const lf_openmp *omp;
+    unsigned want;
+    int ran;     /* set by thread 0 when the team had the size asked for */
+} lf_omp_job;
+
+/* One thread of the OpenMP team: every thread sees the same team size, so either all
+ * of them run the job or none does. The runtime's threads are the caller's to lend, not
+ * ours: each gets its floating-point mode back afterwards. */
+static void lf_omp_main(void *arg)
+{
+    lf_omp_job *oj = arg;
+    if ((unsigned)oj->omp->num_threads() != oj->want) return;
+    const int tid = oj->omp->thread_num();
+    const lf_fpmode own = lf_fpmode_get();
+    lf_fpmode_set(oj->job.fpmode);
+    oj->job.fn(oj->job.ctx, tid);
+    lf_fpmode_set(own);
+    if (tid == 0) oj->ran = 1;
+}
+
+/* Run fn on `want` threads of the OpenMP team; 0 if the runtime gave another number. */
+static int lf_omp_run(const lf_openmp *omp, lf_team *tm, int want, void (*fn)(void *, int),
+                      void *ctx)
+{
+    lf_omp_job oj = {{fn, ctx, tm, 0, lf_fpmode_get()}, omp, (unsigned)want, 0};
+    tm->n = want;
+    omp->parallel(lf_omp_main, &oj, (unsigned)want, 0);
+    return oj.ran;
+}
+
 void lf_team_run(lf_team *tm, lf_pool *pool, int want, void (*fn)(void *, int),
                         void *ctx)
 {
     tm->count = tm->gen = tm->go = 0;
     if (want > LF_MAX_THREADS) want = LF_MAX_THREADS;
+    if (pool && pool->omp.parallel && want > 1 && lf_omp_run(&pool->omp, tm, want, fn, ctx))
+        return;
 #ifdef __linux__
     if (pool) {
         lf_pool_run(pool, tm, want, fn, ctx);

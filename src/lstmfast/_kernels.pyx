@@ -29,6 +29,11 @@ cdef extern from "lstmfast.h" nogil:
         pass
     lf_pool *lf_pool_new() noexcept
     void lf_pool_free(lf_pool *pool) noexcept
+    ctypedef struct lf_openmp:
+        void (*parallel)(void (*)(void *) noexcept nogil, void *, unsigned, unsigned) noexcept nogil
+        int (*thread_num)() noexcept nogil
+        int (*num_threads)() noexcept nogil
+    void lf_pool_use_openmp(lf_pool *pool, const lf_openmp *omp) noexcept
     int LF_OK
     int lf_num_gates(int cell) noexcept
     int lf_aux_size(int cell, int H) noexcept
@@ -325,6 +330,20 @@ cdef class _Pool:
     def __dealloc__(self):
         with nogil:  # stops the helpers, which never take the GIL
             lf_pool_free(self.p)
+
+
+def openmp_pool(size_t parallel, size_t thread_num, size_t num_threads):
+    """A pool whose calls run on an OpenMP runtime's team (lf_openmp): the addresses of
+    its GOMP_parallel, omp_get_thread_num and omp_get_num_threads, all non-zero."""
+    if not (parallel and thread_num and num_threads):
+        raise ValueError("openmp_pool needs the three functions' addresses")
+    cdef lf_openmp omp
+    omp.parallel = <void (*)(void (*)(void *) noexcept nogil, void *, unsigned, unsigned) noexcept nogil>parallel
+    omp.thread_num = <int (*)() noexcept nogil>thread_num
+    omp.num_threads = <int (*)() noexcept nogil>num_threads
+    pool = _Pool()
+    lf_pool_use_openmp(pool.p, &omp)
+    return pool
 
 
 cdef _Pool _take_pool(list pools):

@@ -1,7 +1,8 @@
 """Benchmark cases for the LSTM surface beyond a single layer, all against torch:
-variable lengths (torch's packed sequences), the single-step cell (per-call overhead),
-and a 2-layer bidirectional LSTM with lengths through the numpy layer, the
-lstmfast.torch drop-in and torch.nn.LSTM. Shared by bench/ and ``python -m
+training steps of torch programs holding the lstmfast.torch drop-in or torch.nn.LSTM
+(a word-level language model, the standard shapes with a linear head), variable lengths
+(torch's packed sequences), the single-step cell (per-call overhead), and a 2-layer
+bidirectional LSTM with lengths through the numpy layer, the drop-in and torch.nn.LSTM. Shared by bench/ and ``python -m
 lstmfast.bench --surface``. Each case returns {implementation: callable}, after checking
 every implementation's output against torch's."""
 import numpy as np
@@ -115,5 +116,92 @@ def bidirectional_lengths_train(T=100, B=32, H=256, seed=1):
     return fns, f"train 2-layer bidirectional lengths T={T} B={B} H={H}"
 
 
-CASES = [lengths_inference, bidirectional_lengths_train, lambda: cell_step(128),
-         lambda: cell_step(512)]
+def _train_loop_step(model, inputs, targets, classes, clip=0.25, lr=0.1):
+    """One training step as a torch program writes it: forward, cross-entropy, backward,
+    gradient clipping, SGD. Returns the loss."""
+    import torch
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def step():
+        opt.zero_grad()
+        out = model(inputs)
+        loss = torch.nn.functional.cross_entropy(out.reshape(-1, classes), targets.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        return loss.detach()
+    return step
+
+
+def _twins(build):
+    """The same model twice, with torch.nn.LSTM and with the drop-in, equal weights."""
+    import torch
+
+    from . import torch as lt
+
+    torch.manual_seed(0)
+    ref = build(torch.nn.LSTM)
+    ours = build(lt.LSTM)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def word_lm_train(vocab=10000, T=35, B=20, size=200):
+    """A word-level language model's training step in a torch program (PyTorch's
+    word_language_model example: embedding, 2-layer LSTM, linear decoder, cross-entropy,
+    clipping, SGD), with torch.nn.LSTM and with the drop-in."""
+    import torch
+
+    class WordLM(torch.nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.emb = torch.nn.Embedding(vocab, size)
+            self.rnn = rnn(size, size, num_layers=2)
+            self.dec = torch.nn.Linear(size, vocab)
+
+        def forward(self, x):
+            return self.dec(self.rnn(self.emb(x))[0])
+
+    ref, ours = _twins(WordLM)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab, (T, B), generator=g)
+    y = torch.randint(0, vocab, (T, B), generator=g)
+    fns = {"lstmfast.torch.LSTM": _train_loop_step(ours, x, y, vocab),
+           "torch.nn.LSTM": _train_loop_step(ref, x, y, vocab)}
+    _close(fns["lstmfast.torch.LSTM"](), fns["torch.nn.LSTM"]())
+    return fns, f"train word LM V={vocab} T={T} B={B} 2x LSTM({size}, {size}), in a torch loop"
+
+
+def dropin_train(T, B, I, H, classes=10):
+    """A training step of a one-layer LSTM with a linear head at a standard shape, in a
+    torch program, with torch.nn.LSTM and with the drop-in."""
+    import torch
+
+    class Tagger(torch.nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn(I, H)
+            self.head = torch.nn.Linear(H, classes)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    ref, ours = _twins(Tagger)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(T, B, I, generator=g)
+    y = torch.randint(0, classes, (T, B), generator=g)
+    fns = {"lstmfast.torch.LSTM": _train_loop_step(ours, x, y, classes),
+           "torch.nn.LSTM": _train_loop_step(ref, x, y, classes)}
+    _close(fns["lstmfast.torch.LSTM"](), fns["torch.nn.LSTM"]())
+    return fns, f"train T={T} B={B} I={I} H={H} + linear head, in a torch loop"
+
+
+def _standard_dropin_cases():
+    from .bench import LSTM_SHAPES
+
+    return [lambda s=s: dropin_train(*s) for s in LSTM_SHAPES]
+
+
+CASES = [word_lm_train, *_standard_dropin_cases(), lengths_inference,
+         bidirectional_lengths_train, lambda: cell_step(128), lambda: cell_step(512)]

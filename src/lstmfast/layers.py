@@ -130,6 +130,8 @@ class _RNNBase(Module):
     _has_cell_state = False
     _torch_args: Tuple[str, ...] = ("input_size", "hidden_size", "num_layers", "bias",
                                     "batch_first", "dropout", "bidirectional")
+    # False for the torch drop-in's engine, which runs on the torch module's tensors
+    _holds_params = True
 
     def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first,
                  dropout, bidirectional, proj_size, dtype, stateful, seed):
@@ -171,7 +173,7 @@ class _RNNBase(Module):
         P = self.proj_size or H
         D = 2 if self.bidirectional else 1
         k = 1.0 / np.sqrt(H)
-        for layer in range(self.num_layers):
+        for layer in range(self.num_layers if self._holds_params else 0):
             in_size = self.input_size if layer == 0 else D * P
             if G * H * max(in_size, P) > _INT_MAX:
                 raise ValueError(f"layer {layer} weights have more than 2**31-1 elements")
@@ -343,6 +345,9 @@ class _RNNBase(Module):
             self._carry = [s.copy() for s in finals]
         return out, (tuple(finals) if self._has_cell_state else finals[0])
 
+    def _num_threads(self):
+        return get_num_threads()
+
     def _draw_mask(self, shape):
         keep = self._rng.random(shape) >= self.dropout
         if self.dropout == 1:  # torch: everything dropped, nothing to scale
@@ -375,7 +380,7 @@ class _RNNBase(Module):
                     self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("bias_ih"),
                     w.get("bias_hh"), w.get("weight_hr"), init[0][i],
                     init[1][i] if self._has_cell_state else None, pack.T, pack.lengths,
-                    d == 1, training, y, d * P, get_num_threads(),
+                    d == 1, training, y, d * P, self._num_threads(),
                     self._scratch.setdefault(("forward", training, i), []),
                     self._scratch.setdefault("pools", []))
                 finals[0][i] = h_n
@@ -457,7 +462,7 @@ class _RNNBase(Module):
                     dfinal[1][i] if self._has_cell_state else None, dx, d == 1,
                     g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
                     g.get("weight_hr"), None if norms is None else norms[i],
-                    get_num_threads(), self._scratch.setdefault(("backward", i), []),
+                    self._num_threads(), self._scratch.setdefault(("backward", i), []),
                     self._scratch.setdefault("pools", []))
                 dinit[0][i] = dh0
                 if self._has_cell_state:

@@ -1,6 +1,7 @@
 """How many threads lstmfast's kernels may use (its own, and BLAS inside its calls)."""
 from __future__ import annotations
 
+import math
 import operator
 import os
 from typing import Optional
@@ -13,7 +14,8 @@ _requested: Optional[int] = None  # None: every core this process may run on
 
 
 def set_num_threads(n: Optional[int]) -> None:
-    """Let each kernel call use at most n threads; n=None restores the default (all cores).
+    """Let each kernel call use at most n threads; n=None restores the default (see
+    get_num_threads). The torch drop-ins follow torch.get_num_threads() instead.
 
     Like ``torch.set_num_threads``, this is a process-wide setting. The BLAS calls
     inside lstmfast's kernels always run on these threads: while a kernel runs, scipy's
@@ -36,11 +38,42 @@ def set_num_threads(n: Optional[int]) -> None:
 
 
 def get_num_threads() -> int:
-    """The threads a kernel call may use: set_num_threads's value, else every core this
-    process may run on."""
+    """The threads a kernel call may use: set_num_threads's value, else OMP_NUM_THREADS
+    (a positive int, as OpenMP libraries read it), else the cores this process may run
+    on: its affinity mask, capped by its container's CPU quota (cgroup)."""
     if _requested is not None:
         return _requested
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return min(int(env), 2**31 - 1)
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def _cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> Optional[int]:
+    """The CPU quota of this process's cgroup in whole cores (rounded up), or None for
+    none: cgroup v2's cpu.max ("200000 100000" is 2 cores) or v1's cfs quota / period."""
+    def read(*parts):
+        try:
+            with open(os.path.join(root, *parts)) as f:
+                return f.read().split()
+        except OSError:
+            return None
+
+    v2 = read("cpu.max")
+    if v2 and len(v2) == 2 and v2[0] != "max":
+        quota, period = v2
+    else:
+        quota, period = (read("cpu", "cpu.cfs_quota_us") or ["-1"])[0], \
+            (read("cpu", "cpu.cfs_period_us") or ["0"])[0]
+    try:
+        quota_f, period_f = float(quota), float(period)
+    except ValueError:
+        return None
+    if quota_f <= 0 or period_f <= 0:
+        return None
+    return max(1, math.ceil(quota_f / period_f))
