@@ -1,6 +1,8 @@
-"""The LSTM surface next to torch (cases in lstmfast/_surface.py): variable lengths
-against packed sequences, the single-step cell, and a 2-layer bidirectional LSTM with
-lengths through the numpy layer, the lstmfast.torch drop-in and torch.nn.LSTM."""
+"""The LSTM surface next to torch (cases in lstmfast/_surface.py): training steps of
+torch programs with the drop-in or torch.nn.LSTM (a word-level language model, the
+standard shapes with a linear head), variable lengths against packed sequences, the
+single-step cell, and a 2-layer bidirectional LSTM with lengths through the numpy layer,
+the lstmfast.torch drop-in and torch.nn.LSTM."""
 import time
 
 import pytest
@@ -18,16 +20,21 @@ _built = {}
 def _case(index):
     if index not in _built:
         _built.clear()
-        _built[index] = _surface.CASES[index]()
+        _built[index] = _surface.CASES[index][0]()
     return _built[index]
 
 
+_LOOPS = 1 + len(_surface._standard_dropin_cases())  # the torch-loop cases come first
+
+
 @pytest.mark.parametrize("index, impl", [
-    (0, "lstmfast (lengths)"), (0, "lstmfast (padded)"), (0, "torch (packed)"),
-    (0, "torch (padded)"),
-    (1, "lstmfast.LSTM"), (1, "lstmfast.torch.LSTM"), (1, "torch.nn.LSTM"),
-    (2, "lstmfast.LSTMCell"), (2, "torch.nn.LSTMCell"),
-    (3, "lstmfast.LSTMCell"), (3, "torch.nn.LSTMCell")])
+    *[(i, impl) for i in range(_LOOPS) for impl in ("lstmfast.torch.LSTM", "torch.nn.LSTM")],
+    (_LOOPS, "lstmfast (lengths)"), (_LOOPS, "lstmfast (padded)"), (_LOOPS, "torch (packed)"),
+    (_LOOPS, "torch (padded)"),
+    (_LOOPS + 1, "lstmfast.LSTM"), (_LOOPS + 1, "lstmfast.torch.LSTM"),
+    (_LOOPS + 1, "torch.nn.LSTM"),
+    (_LOOPS + 2, "lstmfast.LSTMCell"), (_LOOPS + 2, "torch.nn.LSTMCell"),
+    (_LOOPS + 3, "lstmfast.LSTMCell"), (_LOOPS + 3, "torch.nn.LSTMCell")])
 def test_surface(benchmark, index, impl):
     fns, group = _case(index)
     fns[impl]()

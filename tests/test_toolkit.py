@@ -666,7 +666,7 @@ def test_checkpoint_shape_mismatch_changes_nothing(tmp_path):
 
 def test_checkpoint_non_numeric_array(tmp_path):
     np.savez(tmp_path / "c.npz", **{"m.weight": np.full((2, 3), "x"), "m.bias": np.zeros(2)})
-    with pytest.raises(ValueError, match="non-numeric dtype <U1"):
+    with pytest.raises(ValueError, match="holds dtype <U1, not real numbers"):
         load(tmp_path / "c.npz", {"m": Linear(3, 2)})
 
 
@@ -690,7 +690,7 @@ def _corrupt_npy(path, raw, w):
 
 def _corrupt_pickled(path, raw, w):
     with open(path, "wb") as f:
-        np.savez(f, **{"m.weight": np.array([{}, {}], dtype=object)})
+        np.savez(f, **{"m.weight": np.array([{}, {}], dtype=object), "m.bias": np.zeros(64)})
 
 
 def _corrupt_empty(path, raw, w):
@@ -702,7 +702,7 @@ def _corrupt_empty(path, raw, w):
     (_corrupt_truncated, "not a valid .npz file"),
     (_corrupt_flipped_byte, "BadZipFile"),
     (_corrupt_npy, "single .npy array"),
-    (_corrupt_pickled, "not a valid .npz file"),
+    (_corrupt_pickled, "holds dtype object, not real numbers"),
     (_corrupt_empty, "not a valid .npz file"),
 ], ids=["garbage", "truncated", "flipped-byte", "npy", "pickled", "empty"])
 def test_checkpoint_corrupted_file(tmp_path, corrupt, msg):

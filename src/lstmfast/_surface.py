@@ -203,5 +203,10 @@ def _standard_dropin_cases():
     return [lambda s=s: dropin_train(*s) for s in LSTM_SHAPES]
 
 
-CASES = [word_lm_train, *_standard_dropin_cases(), lengths_inference,
-         bidirectional_lengths_train, lambda: cell_step(128), lambda: cell_step(512)]
+# (build, seconds per sample): a training loop's steps are timed as a loop runs them, one
+# after another for a second; the other cases in short samples after a pause
+LOOP_SAMPLE = 1.0
+CASES = [(word_lm_train, LOOP_SAMPLE),
+         *[(case, LOOP_SAMPLE) for case in _standard_dropin_cases()],
+         (lengths_inference, None), (bidirectional_lengths_train, None),
+         (lambda: cell_step(128), None), (lambda: cell_step(512), None)]

@@ -437,13 +437,13 @@ def run_surface(repeat, pause, threads, out=sys.stdout):
         print("--surface compares against torch, which is not installed", file=out)
         return 1
     torch.set_num_threads(threads)
-    for build in _surface.CASES:
+    for build, sample in _surface.CASES:
         fns, title = build()
         times = {name: [] for name in fns}
         for _ in range(max(repeat, 3)):
             for name, fn in fns.items():
                 time.sleep(pause)
-                times[name].append(_sample(fn, MIN_SAMPLE)[0])
+                times[name].append(_sample(fn, sample or MIN_SAMPLE)[0])
         med = {name: float(np.median(v)) for name, v in times.items()}
         peers = [v for name, v in med.items() if not name.startswith("lstmfast")]
         print(f"\n{title}", file=out)

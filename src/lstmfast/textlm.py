@@ -14,7 +14,8 @@ character (nats / ln 2), with temperature-controlled samples as it learns.
 
 Checkpoints are ``lstmfast.checkpoint`` .npz files holding the three layers and the
 vocabulary (as a one-parameter module, key ``vocab.codepoints``), so ``--load`` needs no
-other file and recovers the sizes from the arrays.
+other file and recovers the sizes from the arrays' headers, within stated limits
+(MAX_VOCAB, MAX_HIDDEN, MAX_EMBED, MAX_LAYERS) checked before anything is built.
 """
 import argparse
 import math
@@ -182,41 +183,58 @@ def save(path, model):
     checkpoint.save(path, model.checkpoint_modules())
 
 
+# What ``--load`` accepts: a checkpoint declaring more is refused before anything is
+# built or decompressed (a hostile file could otherwise ask for any amount of memory).
+MAX_VOCAB = 4096       # the model keeps ~100 symbols; a vocabulary is at most this long
+MAX_HIDDEN = 4096
+MAX_EMBED = 1024
+MAX_LAYERS = 8
+
+
 def _peek(path):
     """The vocabulary and layer sizes stored in a checkpoint, before building the model.
 
-    Only reads what it needs; ``checkpoint.load`` then checks every array.
+    Reads the zip directory and the .npy headers, checks them against the model's layout
+    and the limits above, then decompresses only the vocabulary; ``checkpoint.load``
+    then reads and checks every array.
     """
-    need = ["vocab.codepoints", "embed.weight", "lstm.weight_hh_l0"]
-    try:
-        with open(path, "rb") as f:
-            data = np.load(f, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError(f"cannot read checkpoint {path!r}: it holds a single array, "
-                                 f"not an .npz archive")
-            with data:
-                missing = [k for k in need if k not in data.files]
-                if missing:
-                    raise ValueError(f"{path!r} is not a text-model checkpoint: it lacks "
-                                     f"{missing} (it has {sorted(data.files)[:6]}...)")
-                codes = data["vocab.codepoints"]
-                embed_shape = data["embed.weight"].shape
-                hh_shape = data["lstm.weight_hh_l0"].shape
-                layers = sum(1 for k in data.files if k.startswith("lstm.weight_ih_l"))
-    except (OSError, ValueError):
-        raise
-    except Exception as e:
-        # zipfile and numpy raise many types on a damaged file: report one.
-        raise ValueError(f"cannot read checkpoint {path!r}: not a valid .npz file "
-                         f"({type(e).__name__}: {e})") from e
-    if len(embed_shape) != 2 or len(hh_shape) != 2:
-        raise ValueError(f"checkpoint {path!r}: embed.weight {embed_shape} and "
-                         f"lstm.weight_hh_l0 {hh_shape} should be 2-d")
+    with checkpoint.Archive(path) as archive:
+        keys = set(archive.keys)
+        layers = sum(1 for k in keys if k.startswith("lstm.weight_ih_l"))
+        need = {"vocab.codepoints", "embed.weight", "head.weight", "head.bias"} | {
+            f"lstm.{w}_l{k}" for k in range(layers)
+            for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        if "lstm.weight_hh_l0" not in keys or keys != need:
+            raise ValueError(f"{archive.path!r} is not a text-model checkpoint: missing "
+                             f"{sorted(need - keys)[:6]}, unexpected {sorted(keys - need)[:6]}")
+        if layers > MAX_LAYERS:
+            raise ValueError(f"checkpoint {archive.path!r} has {layers} layers; --load takes "
+                             f"at most {MAX_LAYERS}")
+        (V,), (hh, ee) = _dims(archive, "vocab.codepoints", 1), _dims(archive, "embed.weight", 2)
+        four_h, hidden = _dims(archive, "lstm.weight_hh_l0", 2)
+        for what, value, limit in (("vocabulary", V, MAX_VOCAB), ("hidden size", hidden,
+                                   MAX_HIDDEN), ("embedding size", ee, MAX_EMBED)):
+            if not 1 <= value <= limit:
+                raise ValueError(f"checkpoint {archive.path!r} declares a {what} of {value}; "
+                                 f"--load takes 1 to {limit}")
+        if hh != V or four_h != 4 * hidden:
+            raise ValueError(f"checkpoint {archive.path!r}: embed.weight {(hh, ee)} and "
+                             f"lstm.weight_hh_l0 {(four_h, hidden)} do not fit a vocabulary "
+                             f"of {V}")
+        codes = archive.read("vocab.codepoints")
     try:
         vocab = Vocab.from_codepoints(codes)
     except ValueError as e:
         raise ValueError(f"checkpoint {path!r}: {e}") from None
-    return vocab, dict(hidden=int(hh_shape[1]), layers=layers, embed=int(embed_shape[1]))
+    return vocab, dict(hidden=hidden, layers=layers, embed=ee)
+
+
+def _dims(archive, key, ndim):
+    shape, _ = archive.header(key)
+    if len(shape) != ndim:
+        raise ValueError(f"checkpoint {archive.path!r}: {key} has shape {shape}, expected "
+                         f"{ndim}-d")
+    return shape
 
 
 def load(path, **expected):
