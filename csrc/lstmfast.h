@@ -50,7 +50,20 @@ void lf_blas_single_leave(const lf_blas *bl);
 
 enum lf_cell { LF_LSTM = 0, LF_GRU = 1, LF_RNN_TANH = 2, LF_RNN_RELU = 3 };
 
-enum { LF_OK = 0, LF_EARG = -1 };
+enum { LF_OK = 0, LF_EARG = -1, LF_ECANCELLED = -2 };
+
+/* A way for the caller to stop a long call: poll(arg) is called by the calling thread
+ * between timesteps, at most every LF_POLL_SECONDS (never in a call shorter than that);
+ * nonzero stops the call, which then returns LF_ECANCELLED having changed nothing the
+ * caller keeps but its outputs (a forward's y, h_n, c_n and cache; a backward's dx,
+ * dh0, dc0, and the cache, whose gates it overwrites): never the weight or bias
+ * gradients, which a backward adds only after its last step. */
+typedef struct {
+    int (*poll)(void *arg);
+    void *arg;
+} lf_cancel;
+
+#define LF_POLL_SECONDS 0.02
 
 /* The shape of one direction of one layer.
  * seq_len T, batch B, input_size I, hidden_size H, out_size P; threads: at most this
@@ -62,7 +75,17 @@ typedef struct {
     int cell, seq_len, batch, input_size, hidden_size, out_size, reverse, threads;
     const int *lengths;
     struct lf_pool *pool;  /* helpers kept between calls (lf_pool), or NULL */
+    const lf_cancel *cancel;  /* NULL: the call cannot be stopped */
+    int part;  /* lf_backward: which part of the work (LF_BWD_*); forward ignores it */
 } lf_dims;
+
+/* A backward in one call (LF_BWD_ALL), or in two: LF_BWD_RECURRENCE does everything
+ * but the weight and bias gradients (dx, dh0, dc0, the cache's gate gradients) and
+ * leaves what they need in work, then LF_BWD_WEIGHTS, given the same arguments and
+ * work, adds them. Only the first part can be cancelled; a caller running several
+ * layers runs every first part, then every second, so that a cancelled backward leaves
+ * every gradient as it was. */
+enum { LF_BWD_ALL = 0, LF_BWD_RECURRENCE = 1, LF_BWD_WEIGHTS = 2 };
 
 /* Helper threads that sleep between kernel calls, for one caller at a time: a layer
  * keeps one, so that its calls wake threads (~15 us) instead of starting them (70-900

@@ -79,7 +79,8 @@ static int lf_has_proj(const lf_dims *d)
 static int lf_dims_valid(const lf_dims *d)
 {
     if (!d || d->cell < LF_LSTM || d->cell > LF_RNN_RELU || d->seq_len < 1 || d->batch < 1 ||
-        d->input_size < 1 || d->hidden_size < 1 || d->out_size < 1 || d->out_size > d->hidden_size || (d->out_size != d->hidden_size && d->cell != LF_LSTM))
+        d->input_size < 1 || d->hidden_size < 1 || d->out_size < 1 || d->out_size > d->hidden_size || (d->out_size != d->hidden_size && d->cell != LF_LSTM) ||
+        d->part < LF_BWD_ALL || d->part > LF_BWD_WEIGHTS)
         return 0;
     if (d->lengths)
         for (int b = 0; b < d->batch; b++)
@@ -139,6 +140,17 @@ static int lf_chunk_steps(const lf_dims *d)
     int steps = 512 / d->batch;
     if (steps < 1) steps = 1;
     return steps < d->seq_len ? steps : d->seq_len;
+}
+
+/* Training projects the input in chunks of about 2 GFLOP (at least 512 rows): big
+ * GEMMs, and a call that can be stopped (lf_cancel) between chunks within ~20 ms. */
+static int lf_train_chunk_steps(const lf_dims *d)
+{
+    const double per_row = (double)lf_num_gates(d->cell) * d->hidden_size * d->input_size;
+    double rows = 1e9 / per_row;
+    if (rows < 512) rows = 512;
+    const double steps = rows / d->batch;
+    return steps < 1 ? 1 : steps < d->seq_len ? (int)steps : d->seq_len;
 }
 
 /* ---- threads ------------------------------------------------------------------- */

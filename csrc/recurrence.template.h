@@ -265,6 +265,7 @@ static size_t FN(lf_backward_work_size)(const lf_dims *d)
     if (d->cell == LF_LSTM) n += B * H;
     if (lf_has_proj(d)) n += FN(panels_size)(&prt) + B * H + N * H + N * P;
     n += (size_t)lf_max_team(d) * FN(tn_scratch)();
+    n += 2 * (size_t)lf_num_gates(d->cell) * H + 64 / sizeof(TYPE);  /* dbias, aligned */
     return n;
 }
 
@@ -287,9 +288,19 @@ typedef struct {
     FN(panels) pw, pr, pi;
     TYPE *cw, *cr, *ci;   /* copies of the weights the panels hold, or NULL */
     int reuse;            /* the panels and copies are from an earlier call */
+    int stop;             /* set by thread 0 when the caller cancels: all leave */
+    double next_poll;
     lf_team team;
     lf_counter next[2][LF_MAX_THREADS];  /* per step parity: each thread's next chunk */
 } FN(fwd_ctx);
+
+/* Where the gates of the chunk starting at packed row chunk0 go: training keeps every
+ * step's gates (the cache), inference one chunk's. */
+static TYPE *FN(chunk_gates)(const FN(fwd_ctx) *c, ptrdiff_t chunk0)
+{
+    return c->training ? c->gates + chunk0 * lf_num_gates(c->d->cell) * c->d->hidden_size
+                       : c->gbuf;
+}
 
 static void FN(fwd_worker)(void *arg, int tid)
 {
@@ -339,11 +350,11 @@ static void FN(fwd_worker)(void *arg, int tid)
                 int r0, r1;
                 lf_split((int)rows, nt, tid, &r0, &r1);
                 FN(gemm)(c->bl, 0, 1, r1 - r0, GH, I, 1, c->x + (chunk0 + r0) * ldx, ldx,
-                         c->w_ih, I, 0, c->gbuf + (size_t)r0 * GH, GH);
+                         c->w_ih, I, 0, FN(chunk_gates)(c, chunk0) + (size_t)r0 * GH, GH);
                 lf_barrier_wait(&c->team);
             }
         }
-        TYPE *g = c->gbuf + (off - chunk0) * GH;
+        TYPE *g = FN(chunk_gates)(c, chunk0) + (off - chunk0) * GH;
         TYPE *yt = c->y + off * ldy;
         ptrdiff_t offprev;
         const int carried = lf_carried(d, s, t, nb, off, &offprev);
@@ -374,7 +385,7 @@ static void FN(fwd_worker)(void *arg, int tid)
                 FN(panel_units)(&c->pw, pc, pe, &a0, &a1);
                 if (project && c->pi.data)  /* the input's part of these units' gates */
                     FN(panel_gemm)(&c->pi, pc, pe, (int)rows, I, c->x + chunk0 * ldx, ldx,
-                                   NULL, 0, c->gbuf, GH, 0);
+                                   NULL, 0, FN(chunk_gates)(c, chunk0), GH, 0);
                 FN(step_gemm)(c->bl, &c->pw, pc, pe, carried, P, hp, ldy, NULL, 0, rec, GH,
                               !gru);
                 FN(step_gemm)(c->bl, &c->pw, pc, pe, nb - carried, P,
@@ -411,7 +422,9 @@ static void FN(fwd_worker)(void *arg, int tid)
             FN(copy_cols)(nb - end0, v0, v1, yt + (size_t)end0 * ldy, ldy,
                           c->h_n + (size_t)end0 * P, P);
         }
+        if (tid == 0 && lf_should_stop(d->cancel, &c->next_poll)) c->stop = 1;
         lf_barrier_wait(&c->team);
+        if (c->stop) return;
         off = lf_next_offset(d, t, nb, off);
     }
 }
@@ -438,7 +451,7 @@ static int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     c.bl = bl; c.d = d; c.x = x; c.w_ih = w_ih; c.w_hh = w_hh; c.w_hr = w_hr;
     c.h0 = h0; c.c0 = c0; c.y = y; c.h_n = h_n; c.c_n = c_n; c.gates = gates; c.aux = aux;
     c.ldx = ldx; c.ldy = ldy; c.training = training;
-    c.Tc = training ? d->seq_len : lf_chunk_steps(d);
+    c.Tc = training ? lf_train_chunk_steps(d) : lf_chunk_steps(d);
     FN(fwd_panels)(d, &c.pw, &c.pr, &c.pi, w_hh, w_hr, w_ih);
     TYPE *w = (TYPE *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     /* the header says which packed weights the buffer holds; cleared while this call
@@ -463,6 +476,8 @@ static int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
     c.ghn = gru ? FN(take)(&w, (size_t)B * H) : NULL;
     c.gbuf = training ? gates : FN(take)(&w, (size_t)c.Tc * B * GH);
     FN(prepare_bias)(d, b_ih, b_hh, c.bx, c.bh);
+    c.stop = 0;
+    c.next_poll = lf_poll_start();
     if (lstm && !training) memcpy(c_n, c0, (size_t)B * H * sizeof(TYPE));
     /* with our own input projection and panels no BLAS runs: leave its pool alone
      * (changing its size wakes its threads, which then spin beside ours) */
@@ -472,7 +487,7 @@ static int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
                 &c);
     if (blas) lf_blas_single_leave(bl);
     header[0] = signature;
-    return LF_OK;
+    return c.stop ? LF_ECANCELLED : LF_OK;
 }
 
 typedef struct {
@@ -484,13 +499,17 @@ typedef struct {
     int ldx, ldy, lddy, lddx, accumulate_dx;
     TYPE *dh, *dc, *hprev, *dm, *m_all, *dh_all;
     TYPE *tn;  /* gemm_tn's scratch, tn_scratch() per thread */
+    TYPE *dbias;  /* [2, GH]: the bias gradients of this call, added to db_* at its end */
     FN(panels) pb, prt, pdx;
+    int stop;  /* as in fwd_ctx */
+    double next_poll;
     lf_team team;
 } FN(bwd_ctx);
 
 /* The bias gradients: column sums of this step's dG rows (for the GRU's recurrent n
  * block, of its gradient in aux) for the gates of units [u0, u1), added while the rows
- * are in cache. Every column belongs to one thread and is summed in the same order
+ * are in cache, into the call's own sums (c->dbias), which go to db_* after the last
+ * step: a cancelled call leaves the caller's gradients as they were. Every column belongs to one thread and is summed in the same order
  * whatever the number of threads. */
 static void FN(add_bias_grads)(const FN(bwd_ctx) *c, int nb, const TYPE *g, const TYPE *aux,
                                int u0, int u1)
@@ -500,8 +519,8 @@ static void FN(add_bias_grads)(const FN(bwd_ctx) *c, int nb, const TYPE *g, cons
     for (int r = 0; r < nb; r++) {
         const TYPE *gr = g + (size_t)r * GH;
         for (int k = 0; k < G; k++) {
-            TYPE *db_ih = c->db_ih ? c->db_ih + k * H : NULL;
-            TYPE *db_hh = c->db_hh ? c->db_hh + k * H : NULL;
+            TYPE *db_ih = c->db_ih ? c->dbias + k * H : NULL;
+            TYPE *db_hh = c->db_hh ? c->dbias + GH + k * H : NULL;
             const TYPE *dg = gr + k * H;
             const TYPE *dgh = k * H < split ? dg : aux + (size_t)r * H;
             if (db_ih)
@@ -526,6 +545,8 @@ static void FN(weight_grad)(const lf_blas *bl, int M, int N, int K, const TYPE *
     else
         FN(gemm)(bl, 1, 0, M, N, K, 1, A, lda, B, ldb, 1, dw, ldw);
 }
+
+static void FN(bwd_weights)(FN(bwd_ctx) *c, int tid);
 
 static void FN(bwd_worker)(void *arg, int tid)
 {
@@ -619,7 +640,9 @@ static void FN(bwd_worker)(void *arg, int tid)
         }
         if (c->db_ih || c->db_hh)
             FN(add_bias_grads)(c, nb, g, auxt, u0, u1);
+        if (tid == 0 && lf_should_stop(d->cancel, &c->next_poll)) c->stop = 1;
         lf_barrier_wait(&c->team);
+        if (c->stop) return;
         /* dh_{t-1} = dG_hh W_hh (+ the GRU's direct path z * dh_t, left in dh) */
         FN(step_gemm)(c->bl, &c->pb, p0, p1, nb, split, g, GH, split < GH ? auxt : NULL, H,
                       dh, P, gru);
@@ -637,10 +660,40 @@ static void FN(bwd_worker)(void *arg, int tid)
             }
     }
 
-    /* Everything that does not feed the recurrence, as GEMMs over all N rows, split
-     * by output rows between the threads. */
+    /* dx = dG W_ih over all N rows */
     const int n = (int)N;
     int r0, r1;
+    if (c->pdx.data) {  /* by columns of dx: each thread packs and uses its own panels */
+        lf_split(c->pdx.npanels, nt, tid, &r0, &r1);
+        FN(pack)(&c->pdx, r0, r1);
+        FN(panel_gemm)(&c->pdx, r0, r1, n, GH, c->gates, GH, NULL, 0, c->dx, c->lddx,
+                       c->accumulate_dx);
+    } else {
+        lf_split(n, nt, tid, &r0, &r1);
+        FN(gemm)(c->bl, 0, 0, r1 - r0, I, GH, 1, c->gates + (size_t)r0 * GH, GH, c->w_ih, I,
+                 c->accumulate_dx ? 1 : 0, c->dx + (size_t)r0 * c->lddx, c->lddx);
+    }
+    if (d->part == LF_BWD_ALL)  /* everything it reads is complete since the last barrier */
+        FN(bwd_weights)(c, tid);
+}
+
+/* The weight and bias gradients, from the gate gradients the recurrence left in the
+ * cache and the h_{t-1} (and projection inputs) it gathered in work: GEMMs over all N
+ * rows, split by output rows between the threads. */
+static void FN(bwd_weights)(FN(bwd_ctx) *c, int tid)
+{
+    const lf_dims *d = c->d;
+    const int cell = d->cell, I = d->input_size, H = d->hidden_size, P = d->out_size;
+    const int GH = lf_num_gates(cell) * H, nt = c->team.n, proj = c->w_hr != NULL;
+    const int split = lf_hh_split(cell, H), n = (int)lf_total_rows(d);
+    const TYPE *hprev = c->hprev;
+    int r0, r1;
+    lf_split(H, nt, tid, &r0, &r1);
+    for (int k = 0; k < lf_num_gates(cell); k++)
+        for (int u = r0; u < r1; u++) {
+            if (c->db_ih) c->db_ih[k * H + u] += c->dbias[k * H + u];
+            if (c->db_hh) c->db_hh[k * H + u] += c->dbias[GH + k * H + u];
+        }
     TYPE *gates = c->gates;
     TYPE *tn = c->tn + (size_t)tid * FN(tn_scratch)();
     lf_split(GH, nt, tid, &r0, &r1);
@@ -661,16 +714,11 @@ static void FN(bwd_worker)(void *arg, int tid)
         FN(weight_grad)(c->bl, r1 - r0, H, n, c->dh_all + r0, P, c->m_all, H,
                         c->dw_hr + (size_t)r0 * H, H, tn);
     }
-    if (c->pdx.data) {  /* by columns of dx: each thread packs and uses its own panels */
-        lf_split(c->pdx.npanels, nt, tid, &r0, &r1);
-        FN(pack)(&c->pdx, r0, r1);
-        FN(panel_gemm)(&c->pdx, r0, r1, n, GH, gates, GH, NULL, 0, c->dx, c->lddx,
-                       c->accumulate_dx);
-        return;
-    }
-    lf_split(n, nt, tid, &r0, &r1);
-    FN(gemm)(c->bl, 0, 0, r1 - r0, I, GH, 1, gates + (size_t)r0 * GH, GH, c->w_ih, I,
-             c->accumulate_dx ? 1 : 0, c->dx + (size_t)r0 * c->lddx, c->lddx);
+}
+
+static void FN(bwd_weights_worker)(void *arg, int tid)
+{
+    FN(bwd_weights)(arg, tid);
 }
 
 static int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
@@ -707,6 +755,9 @@ static int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
         &w, (LF_MAX_THREADS * (size_t)d->seq_len * sizeof(double) + sizeof(TYPE) - 1) /
                 sizeof(TYPE));
     c.tn = FN(take)(&w, (size_t)lf_max_team(d) * FN(tn_scratch)());
+    c.dbias = FN(take)(&w, 2 * (size_t)lf_num_gates(cell) * H);
+    c.stop = 0;
+    c.next_poll = lf_poll_start();
     c.dh = FN(take)(&w, (size_t)B * P);
     c.dc = lstm ? FN(take)(&w, (size_t)B * H) : NULL;
     c.hprev = FN(take)(&w, N * P);
@@ -716,11 +767,16 @@ static int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
         c.m_all = FN(take)(&w, N * H);
         c.dh_all = FN(take)(&w, N * P);
     }
-    memcpy(c.dh, dh_n, (size_t)B * P * sizeof(TYPE));
-    if (lstm) memcpy(c.dc, dc_n, (size_t)B * H * sizeof(TYPE));
+    const int team = packed ? lf_team_size(d, c.pb.npanels) : 1;
     lf_blas_single_enter(bl);
-    lf_team_run(&c.team, d->pool, packed ? lf_team_size(d, c.pb.npanels) : 1, FN(bwd_worker),
-                &c);
+    if (d->part == LF_BWD_WEIGHTS) {
+        lf_team_run(&c.team, d->pool, team, FN(bwd_weights_worker), &c);
+    } else {
+        memset(c.dbias, 0, 2 * (size_t)lf_num_gates(cell) * H * sizeof(TYPE));
+        memcpy(c.dh, dh_n, (size_t)B * P * sizeof(TYPE));
+        if (lstm) memcpy(c.dc, dc_n, (size_t)B * H * sizeof(TYPE));
+        lf_team_run(&c.team, d->pool, team, FN(bwd_worker), &c);
+    }
     lf_blas_single_leave(bl);
-    return LF_OK;
+    return c.stop ? LF_ECANCELLED : LF_OK;
 }

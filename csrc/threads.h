@@ -5,6 +5,7 @@
 #define LSTMFAST_THREADS_H
 
 #include <sched.h>
+#include <time.h>
 #include "lstmfast.h"
 
 #define LF_MAX_THREADS 64
@@ -53,6 +54,30 @@ static inline void lf_split(int n, int parts, int i, int *lo, int *hi)
 {
     *lo = (int)((long long)n * i / parts);
     *hi = (int)((long long)n * (i + 1) / parts);
+}
+
+/* Whether the caller asks the call to stop: polled by thread 0 once per step, which
+ * costs a clock read until `next` (seconds, CLOCK_MONOTONIC) is reached. Start with
+ * next = lf_poll_start(). */
+static inline double lf_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static inline double lf_poll_start(void)
+{
+    return lf_now() + LF_POLL_SECONDS;
+}
+
+static inline int lf_should_stop(const lf_cancel *cancel, double *next)
+{
+    if (!cancel) return 0;
+    const double now = lf_now();
+    if (now < *next) return 0;
+    *next = now + LF_POLL_SECONDS;
+    return cancel->poll(cancel->arg) != 0;
 }
 
 /* Run fn(ctx, tid) on up to `want` threads, the caller being thread 0: the pool's

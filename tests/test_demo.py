@@ -33,7 +33,10 @@ def test_lstm_remembers_where_rnn_forgets(seed):
     # ...and the gradient says why: the cue (d=41) is out of reach through the RNN only.
     assert rnn.norms_trained[41] / rnn.norms_trained[0] < 1e-6
     assert lstm.norms_trained[41] / lstm.norms_trained[0] > 1e-4
-    assert results.lstm_default_init.shape == (42,)
+    # the same LSTM with torch's default initialisation, trained beside it
+    default = results["LSTM0", 40]
+    assert default.norms_init.shape == (42,)
+    assert default.norms_init[41] / default.norms_init[0] < lstm.norms_init[41] / lstm.norms_init[0]
 
 
 def test_task_puts_cue_first_and_query_last():

@@ -112,7 +112,9 @@ def check_fails_cleanly(m, a, call, exc, match):
 
 FORWARD_ERRORS = {
     # x
-    "x_2d": (lambda m, a: m(a.x[0]), ValueError, r"x must be 3-d \[T, batch, input_size\]"),
+    "x_1d": (lambda m, a: m(a.x[0, 0]), ValueError, r"x must be 3-d \[T, batch, input_size\]"),
+    "x_2d_lengths": (lambda m, a: m(a.x[:, 0], lengths=[1]), ValueError,
+                     "lengths are for a batch"),
     "x_4d": (lambda m, a: m(a.x[None]), ValueError, "x must be 3-d"),
     "x_scalar": (lambda m, a: m(1.0), ValueError, "x must be 3-d"),
     "x_features": (lambda m, a: m(np.zeros((T, B, I + 1))), ValueError,

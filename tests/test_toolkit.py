@@ -447,10 +447,11 @@ def test_optimizer_takes_several_modules_once():
     (lambda m: Adam(m, betas=0.9), ValueError, "betas must be a pair"),
     (lambda m: Adam(m, eps=-1.0), ValueError, "eps must be >= 0"),
     (lambda m: Adam(m, weight_decay=-1.0), ValueError, "weight_decay must be >= 0"),
-    (lambda m: SGD(3, lr=0.1), TypeError, "a Module or an iterable of Modules, got int"),
-    (lambda m: SGD([m, "w"], lr=0.1), TypeError, "expected Modules, got str"),
+    (lambda m: SGD(3, lr=0.1), TypeError, "or of parameters .*, got int"),
+    (lambda m: SGD([m, "w"], lr=0.1), TypeError, "expected Modules or parameters .*, got str"),
+        (lambda m: SGD([np.zeros(3)], lr=0.1), TypeError, "got an array without .grad"),
 ], ids=["lr", "momentum", "nesterov", "nan-lr", "beta1", "beta2", "betas-shape", "eps", "wd",
-        "not-iterable", "not-module"])
+        "not-iterable", "not-module", "plain-array"])
 def test_optimizer_bad_arguments(make, exc, msg):
     with pytest.raises(exc, match=msg):
         make(Params(w=np.ones(2)))

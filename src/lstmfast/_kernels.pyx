@@ -6,9 +6,11 @@ in layers.py do the packing. Every size, dtype, contiguity and aliasing conditio
 code relies on is checked here, so a bad call raises instead of reaching the kernel.
 """
 import os
+import threading
 
 import numpy as np
 cimport numpy as cnp
+from cpython.exc cimport PyErr_CheckSignals
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 cnp.import_array()
@@ -21,10 +23,15 @@ cdef extern from "lstmfast.h" nogil:
     ctypedef struct lf_blas:
         lf_sgemm_fn sgemm
         lf_dgemm_fn dgemm
+    ctypedef struct lf_cancel:
+        int (*poll)(void *) noexcept nogil
+        void *arg
     ctypedef struct lf_dims:
         int cell, seq_len, batch, input_size, hidden_size, out_size, reverse, threads
         const int *lengths
         lf_pool *pool
+        const lf_cancel *cancel
+        int part
     ctypedef struct lf_pool:
         pass
     lf_pool *lf_pool_new() noexcept
@@ -35,6 +42,7 @@ cdef extern from "lstmfast.h" nogil:
         int (*num_threads)() noexcept nogil
     void lf_pool_use_openmp(lf_pool *pool, const lf_openmp *omp) noexcept
     int LF_OK
+    int LF_ECANCELLED
     int lf_num_gates(int cell) noexcept
     int lf_aux_size(int cell, int H) noexcept
     void lf_find_blas_threads(lf_blas *bl, const void *gemm) noexcept
@@ -290,6 +298,8 @@ cdef _dims(lf_dims *d, int cell, int T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
     d.cell = cell; d.seq_len = T; d.batch = <int>B; d.input_size = <int>I
     d.hidden_size = <int>H; d.out_size = <int>P
     d.pool = NULL
+    d.cancel = NULL
+    d.part = 0
     d.reverse = reverse
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -315,6 +325,35 @@ cdef object _take_work(list scratch, size_t n, object dtype, int *reused):
             reused[0] = 1
             return buf
     return np.empty(n, dtype)
+
+
+cdef int _poll(void *arg) noexcept nogil:
+    """lf_cancel's poll: run Python's pending signal handlers (Ctrl-C's raises
+    KeyboardInterrupt); an exception stops the kernel and is kept in the list at arg."""
+    with gil:
+        try:
+            PyErr_CheckSignals()
+        except BaseException as e:
+            (<list>arg).append(e)
+            return 1
+    return 0
+
+
+cdef lf_cancel *_cancellable(lf_cancel *cancel, list raised, bint interruptible):
+    """cancel set up to poll Python's signal handlers, or NULL: they run in the main
+    thread only, so a call from another thread is not polled."""
+    if not interruptible or threading.current_thread() is not threading.main_thread():
+        return NULL
+    cancel.poll = _poll
+    cancel.arg = <void *>raised
+    return cancel
+
+
+cdef _check_rc(int rc, list raised, str what):
+    if rc == LF_ECANCELLED and raised:
+        raise raised[0]
+    if rc != LF_OK:
+        raise RuntimeError(f"lstmfast {what} kernel rejected its arguments (code {rc})")
 
 
 cdef class _Pool:
@@ -376,7 +415,7 @@ cdef _give_work(list scratch, object work, bint any_size):
 
 def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
             bint reverse, bint training, y, Py_ssize_t y_col, int threads=1,
-            list scratch=None, list pools=None):
+            list scratch=None, list pools=None, bint interruptible=True):
     """One direction of one layer.
 
     x [N, I] packed; w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or None; w_hr [P, H]
@@ -384,7 +423,9 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     y [N, >= y_col+P] receives h_t in columns y_col .. y_col+P; threads: at most this many.
     scratch: None, or a list the caller keeps for this direction of this layer, which
     holds the work buffer between calls (see _take_work); pools: None, or a list the
-    caller keeps for the layer, which holds its helper threads between calls.
+    caller keeps for the layer, which holds its helper threads between calls;
+    interruptible: in the main thread, Python's signal handlers run every ~20 ms of a
+    long call, and an exception they raise (Ctrl-C's KeyboardInterrupt) stops it.
     Returns (h_n [B, P], c_n [B, H] or None, cache); cache is None unless training.
     """
     if not isinstance(x, np.ndarray) or x.ndim != 2:
@@ -442,6 +483,9 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     cdef _Pool pool = _take_pool(pools)
     if pool is not None:
         d.pool = pool.p
+    cdef lf_cancel cancel
+    raised = []
+    d.cancel = _cancellable(&cancel, raised, interruptible)
     if dtype == np.float32:
         with nogil:
             rc = kern.forward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
@@ -454,24 +498,40 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
                                 <double *>pbih, <double *>pbhh, <double *>pwhr, <double *>ph0,
                                 <double *>pc0, <double *>py, ldy, <double *>phn, <double *>pcn,
                                 <double *>pg, <double *>pa, <double *>pw, reused)
-    if rc != LF_OK:
-        raise RuntimeError(f"lstmfast forward kernel rejected its arguments (code {rc})")
     _give_pool(pools, pool)
+    _check_rc(rc, raised, "forward")
     _give_work(scratch, work, not training)
     return h_n, c_n, ((gates, aux) if training else None)
+
+
+def backward_weights(list calls, list committed):
+    """Part 2 of several backward calls, [(args, work)] as part 1 took and returned,
+    then True appended to committed: one call from Python, so that a Ctrl-C cannot
+    land between them (pending signals run when it returns), and committed says
+    whether the gradients were added."""
+    for args, work in calls:
+        backward(*args, part=2, work=work)
+    committed.append(True)
 
 
 def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse,
              y, Py_ssize_t y_col, cache, dy, Py_ssize_t dy_col, dh_n, dc_n,
              dx, bint accumulate_dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh_norms=None,
-             int threads=1, list scratch=None, list pools=None):
+             int threads=1, list scratch=None, list pools=None, bint interruptible=True,
+             int part=0, work=None):
     """BPTT for one direction of one layer, consuming `cache` from forward.
 
     Arguments as in forward; dy [N, >= dy_col+P]; dh_n [B, P]; dc_n [B, H] (LSTM);
     dx [N, I] is written (or added to with accumulate_dx); dw_*, db_* are added to;
     dh_norms: None or float64 [T], receives ||dL/dh_t|| per step.
-    Returns (dh0 [B, P], dc0 [B, H] or None).
+    part: 0 for the whole backward; 1 for all but the weight and bias gradients (the
+    part that can be interrupted), 2 for those, given part 1's arguments and the work
+    buffer it returned (lf_dims.part).
+    Returns (dh0 [B, P], dc0 [B, H] or None); part 1 adds the work buffer; part 2
+    returns None.
     """
+    if part not in (0, 1, 2):
+        raise ValueError(f"part must be 0, 1 or 2, got {part}")
     if not isinstance(x, np.ndarray) or x.ndim != 2:
         raise ValueError("x must be a 2-d numpy array [N, input_size]")
     if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or not isinstance(h0, np.ndarray) \
@@ -530,13 +590,20 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
     dh0 = np.empty((B, P), dtype)
     dc0 = np.empty((B, H), dtype) if is_lstm else None
     if B == 0:  # no rows: no gradient
-        if dh_norms is not None:
+        if dh_norms is not None and part != 2:
             dh_norms[:] = 0
-        return dh0, dc0
+        return None if part == 2 else (dh0, dc0, None) if part == 1 else (dh0, dc0)
     cdef int reused
     cdef const lf_kernels *kern = _k
-    work = _take_work(scratch, kern.backward_work_size_f32(&d) if dtype == np.float32
-                      else kern.backward_work_size_f64(&d), dtype, &reused)
+    need = kern.backward_work_size_f32(&d) if dtype == np.float32 \
+        else kern.backward_work_size_f64(&d)
+    if part == 2:
+        if not (isinstance(work, np.ndarray) and work.dtype == dtype and work.ndim == 1
+                and work.size >= need and work.flags.c_contiguous and work.flags.writeable):
+            raise ValueError("part 2 needs the work buffer part 1 returned for these arguments")
+    else:
+        work = _take_work(scratch, need, dtype, &reused)
+    d.part = part
     cdef char *pdh0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dh0)
     cdef char *pdc0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>dc0) if is_lstm else NULL
     cdef char *pw = <char *>cnp.PyArray_DATA(<cnp.ndarray>work)
@@ -546,6 +613,9 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
     cdef _Pool pool = _take_pool(pools)
     if pool is not None:
         d.pool = pool.p
+    cdef lf_cancel cancel
+    raised = []
+    d.cancel = _cancellable(&cancel, raised, interruptible)
     if dtype == np.float32:
         with nogil:
             rc = kern.backward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
@@ -565,8 +635,12 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
                                  <double *>pdc0, <double *>pdwih, <double *>pdwhh,
                                  <double *>pdbih, <double *>pdbhh, <double *>pdwhr,
                                  <double *>pnorms, <double *>pw)
-    if rc != LF_OK:
-        raise RuntimeError(f"lstmfast backward kernel rejected its arguments (code {rc})")
     _give_pool(pools, pool)
+    _check_rc(rc, raised, "backward")
+    if part == 1:
+        return dh0, dc0, work
+    if part == 2:
+        _give_work(scratch, work, False)
+        return None
     _give_work(scratch, work, False)
     return dh0, dc0

@@ -311,8 +311,16 @@ class _RNNBase(Module):
     def _forward(self, x, state, lengths):
         x = _as_float_array("x", x, None)  # converted once its sizes are known to be sane
         layout = "[batch, T, input_size]" if self.batch_first else "[T, batch, input_size]"
+        unbatched = x.ndim == 2
+        if unbatched:  # [T, input_size], as torch takes it whatever batch_first says
+            if lengths is not None:
+                raise ValueError("lengths are for a batch; an unbatched x [T, input_size] "
+                                 "is one sequence of T steps")
+            x = x[None] if self.batch_first else x[:, None]
+            state = self._unbatched_state(state, "state")
         if x.ndim != 3:
-            raise ValueError(f"x must be 3-d {layout}, got shape {x.shape}")
+            raise ValueError(f"x must be 3-d {layout} (or 2-d [T, input_size] for one "
+                             f"sequence), got shape {x.shape}")
         if x.shape[2] != self.input_size:
             raise ValueError(f"x must have input_size={self.input_size} features in its last "
                              f"axis {layout}, got shape {x.shape}")
@@ -337,13 +345,28 @@ class _RNNBase(Module):
         elif self.batch_first:
             out = np.ascontiguousarray(out)
         finals = [pack.unsort_batch(s) for s in finals]
-        if self.training:
-            self._cache = dict(pack=pack, init=init, layers=layers, y_shape=out.shape)
-        else:
-            self._cache = None
-        if self.stateful:
-            self._carry = [s.copy() for s in finals]
+        carry = [s.copy() for s in finals] if self.stateful else self._carry
+        if unbatched:
+            out = out[0] if self.batch_first else out[:, 0]
+            finals = [s[:, 0] for s in finals]
+        cache = dict(pack=pack, init=init, layers=layers, y_shape=out.shape,
+                     unbatched=unbatched) if self.training else None
+        # one statement, no call inside: a Ctrl-C cannot land between the two
+        self._cache, self._carry = cache, carry
         return out, (tuple(finals) if self._has_cell_state else finals[0])
+
+    def _unbatched_state(self, state, name):
+        """A state (or dstate) for one sequence, [L*D, F] parts, with the batch axis added."""
+        if state is None:
+            return None
+        parts = [None if p is None else _as_float_array(name, p, None)
+                 for p in self._split_state(state, name)]
+        for p in parts:
+            if p is not None and p.ndim != 2:
+                raise ValueError(f"{name} for an unbatched x [T, input_size] must be 2-d "
+                                 f"[num_layers*D, size], got shape {p.shape}")
+        parts = [None if p is None else p[:, None] for p in parts]
+        return tuple(parts) if self._has_cell_state else parts[0]
 
     def _num_threads(self):
         return get_num_threads()
@@ -420,6 +443,9 @@ class _RNNBase(Module):
         dy = _as_float_array("dy", dy, self.dtype)
         if dy.shape != c["y_shape"]:
             raise ValueError(f"dy must have the output's shape {c['y_shape']}, got {dy.shape}")
+        if c["unbatched"]:
+            dy = dy[None] if self.batch_first else dy[:, None]
+            dstate = self._unbatched_state(dstate, "dstate")
         shapes = self._state_shapes(pack.B)
         parts = [None] * len(shapes) if dstate is None else self._split_state(dstate, "dstate")
         dfinal = []
@@ -430,48 +456,88 @@ class _RNNBase(Module):
             dfinal.append(pack.sort_batch(p))
         self._check_grads()
 
-        # consumed from here on, even if a kernel fails: they overwrite the cached gates
-        self._cache = None
-        dx, dinit = self._backward_packed(layers, init, pack, pack.pack(self._time_major(dy)),
-                                          dfinal)
+        if c.get("stale"):  # an interrupted backward overwrote it
+            self._recompute_layers(c)
+            c["stale"] = False
+            layers = c["layers"]
+        committed = []
+        try:
+            dx, dinit = self._backward_packed(layers, init, pack,
+                                              pack.pack(self._time_major(dy)), dfinal,
+                                              committed=committed)
+        except BaseException:
+            # interrupted (Ctrl-C): before the gradients were added, the layer stays as
+            # it was but for the cached gates, which the kernels overwrote and the next
+            # backward computes again; after, the backward is done
+            if committed:
+                self._cache = None
+            else:
+                c["stale"] = True
+            raise
+        self._cache = None  # consumed: the kernels overwrote the cached gates
         dx = pack.unpack(dx)
         dx = np.ascontiguousarray(self._time_major(dx)) if self.batch_first else dx
         dinit = [pack.unsort_batch(s) for s in dinit]
+        if c["unbatched"]:
+            dx = dx[0] if self.batch_first else dx[:, 0]
+            dinit = [s[:, 0] for s in dinit]
         return dx, (tuple(dinit) if self._has_cell_state else dinit[0])
 
-    def _backward_packed(self, layers, init, pack, dy, dfinal, params=None, grads=None):
+    def _backward_packed(self, layers, init, pack, dy, dfinal, params=None, grads=None,
+                         committed=None):
         """BPTT through every layer and direction, packed: the inverse of _forward_packed.
 
-        Accumulates into grads (default self.grads); returns packed dx and d(init).
+        Accumulates into grads (default self.grads); returns packed dx and d(init). The
+        recurrence of every layer runs first (the part Ctrl-C can stop: it leaves the
+        gradients as they were), then every layer's weight and bias gradients, in one
+        call that a Ctrl-C cannot split; after it, the backward counts as done (True is
+        appended to `committed`, a list, then).
         """
         params = self.params if params is None else params
         grads = self.grads if grads is None else grads
         L, D, P = self.num_layers, self._directions, self._out_size
         dinit = [np.empty_like(s) for s in init]
         norms = np.zeros((L * D, pack.T)) if self.record_grad_norms else None
+        weight_parts = []
         for k in reversed(range(L)):
             inp, y, mask, caches = layers[k]
             dx = np.empty_like(inp)
             for d in range(D):
                 w, g = self._named(params, k, d), self._named(grads, k, d)
                 i = k * D + d
-                dh0, dc0 = _kernels.backward(
-                    self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("weight_hr"),
-                    init[0][i], init[1][i] if self._has_cell_state else None, pack.T,
-                    pack.lengths, d == 1, y, d * P, caches[d], dy, d * P, dfinal[0][i],
-                    dfinal[1][i] if self._has_cell_state else None, dx, d == 1,
-                    g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
-                    g.get("weight_hr"), None if norms is None else norms[i],
-                    self._num_threads(), self._scratch.setdefault(("backward", i), []),
-                    self._scratch.setdefault("pools", []))
+                args = (self._cell, inp, w["weight_ih"], w["weight_hh"], w.get("weight_hr"),
+                        init[0][i], init[1][i] if self._has_cell_state else None, pack.T,
+                        pack.lengths, d == 1, y, d * P, caches[d], dy, d * P, dfinal[0][i],
+                        dfinal[1][i] if self._has_cell_state else None, dx, d == 1,
+                        g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
+                        g.get("weight_hr"), None if norms is None else norms[i],
+                        self._num_threads(), self._scratch.setdefault(("backward", i), []),
+                        self._scratch.setdefault("pools", []))
+                dh0, dc0, work = _kernels.backward(*args, part=1)
+                weight_parts.append((args, work))
                 dinit[0][i] = dh0
                 if self._has_cell_state:
                     dinit[1][i] = dc0
             if mask is not None:
                 dx *= mask
             dy = dx
-        self.grad_norms = norms
+        committed = [] if committed is None else committed
+        try:
+            _kernels.backward_weights(weight_parts, committed)
+        finally:  # with the gradients added, the backward is done even if interrupted
+            if committed:
+                self.grad_norms = norms
         return dy, dinit
+
+    def _recompute_layers(self, cache):
+        """The per-layer cache of the forward that made `cache`, computed again (same
+        input, state and dropout masks): an interrupted backward has overwritten it."""
+        layers = cache["layers"]
+        masks = iter([m for _, _, m, _ in layers[1:]])
+        _, _, cache["layers"] = self._forward_packed(
+            layers[0][0], cache["init"], cache["pack"], True,
+            (lambda shape: next(masks)) if len(layers) > 1 and layers[1][2] is not None
+            else None)
 
 
 class LSTM(_RNNBase):
@@ -486,7 +552,13 @@ class LSTM(_RNNBase):
     Gate order i, f, g, o; parameters weight_ih_l{k}[_reverse] [4H, in],
     weight_hh_l{k} [4H, H_out], bias_ih_l{k}, bias_hh_l{k} [4H], weight_hr_l{k} [H_out, H].
     proj_size: with > 0, h = W_hr (o * tanh(c)) has proj_size features (torch's LSTM
-    with projections); the cell state keeps hidden_size.    """
+    with projections); the cell state keeps hidden_size.
+    forget_bias: added to the forget gate's initial bias (b_hh's units H..2H, every
+    layer and direction), as Keras' ``unit_forget_bias=True`` adds 1 and TensorFlow's
+    ``forget_bias`` adds its value; None (or 0) keeps torch's initialisation, every bias
+    U(-1/sqrt(H), 1/sqrt(H)). A positive forget bias lets the cell keep its memory from
+    the start of training, which long-range dependencies need (Jozefowicz et al., 2015).
+    torch users write it by hand: ``lstm.bias_hh_l0.data[H:2*H] += 1.0``.    """
 
     _gates = 4
     _has_cell_state = True
@@ -495,9 +567,23 @@ class LSTM(_RNNBase):
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0,
                  dtype: DTypeLike = np.float32, stateful: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, forget_bias: Optional[float] = None) -> None:
         super().__init__(_kernels.CELLS["LSTM"], input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, proj_size, dtype, stateful, seed)
+        if forget_bias is not None:
+            self._set_forget_bias(forget_bias)
+
+    def _set_forget_bias(self, value):
+        """value added to the forget gate's bias (b_hh over units H..2H) of every layer."""
+        if not self.bias:
+            raise ValueError("forget_bias needs bias=True")
+        value = float(value)
+        if not np.isfinite(value):
+            raise ValueError(f"forget_bias must be a finite number, got {value}")
+        H = self.hidden_size
+        for name, p in self.params.items():
+            if name.startswith("bias_hh"):
+                p[H:2 * H] += value
 
     _torch_args = _RNNBase._torch_args + ("proj_size",)
 

@@ -3,12 +3,36 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Dict, Iterator, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-__all__ = ["Module"]
+__all__ = ["Module", "Parameter"]
+
+
+class Parameter(np.ndarray):
+    """A view of a module's parameter array that carries its gradient as ``.grad``, as
+    ``module.parameters()`` and ``named_parameters()`` hand them out (torch's habit:
+    ``p.grad``). Writing into it writes the module's parameter; ``.grad`` is the
+    module's gradient array, which ``backward`` adds into. Arrays computed from it are
+    plain arrays."""
+
+    grad: Optional[np.ndarray]
+
+    def __array_finalize__(self, obj):
+        self.grad = None
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        # results of arithmetic are values, not parameters
+        arr = arr.view(np.ndarray)
+        return arr[()] if return_scalar else arr
+
+
+def _parameter(value, grad):
+    p = value.view(Parameter)
+    p.grad = grad
+    return p
 
 
 def _from_torch(t):
@@ -90,13 +114,27 @@ class Module:
                 raise ValueError(f"grads[{k!r}] must be a writable C-contiguous {self.dtype} "
                                  f"array of shape {p.shape}, got {got}")
 
-    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
-        """Yield ``(name, param, grad)`` for every parameter."""
-        for name, p in self.params.items():
-            yield name, p, self.grads[name]
+    def parameters(self) -> Iterator[Parameter]:
+        """Every parameter, as a view carrying its gradient (``p.grad``), as in torch."""
+        for _, p in self.named_parameters():
+            yield p
 
-    def zero_grad(self) -> None:
-        """Set every gradient to zero, in place."""
+    def named_parameters(self) -> Iterator[Tuple[str, Parameter]]:
+        """``(name, parameter)`` for every parameter, as in torch; each parameter is a view
+        of the module's array carrying its gradient as ``.grad``."""
+        for name, p in self.params.items():
+            yield name, _parameter(p, self.grads[name])
+
+    def named_grads(self) -> Iterator[Tuple[str, np.ndarray]]:
+        """``(name, gradient)`` for every parameter: the arrays ``backward`` adds into."""
+        yield from self.grads.items()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Set every gradient to zero, in place.
+
+        set_to_none is accepted for torch's signature; the gradients stay arrays (the
+        kernels add into them), so zeros are what "no gradient yet" looks like here.
+        """
         for g in self.grads.values():
             g[...] = 0
 
@@ -115,21 +153,26 @@ class Module:
         """A copy of every parameter, keyed by name."""
         return {k: v.copy() for k, v in self.params.items()}
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any],
+                        strict: bool = True) -> "IncompatibleKeys":
         """Copy parameters in from ``state_dict`` (arrays, torch tensors or array-likes).
 
-        Every key and shape is checked before anything is copied, so a mismatched dict
-        leaves the layer unchanged.
+        strict: every parameter must be in ``state_dict`` and nothing else (KeyError
+        otherwise); with False, the keys present are loaded and the others reported.
+        Every shape is checked before anything is copied, so a bad dict leaves the layer
+        unchanged. Returns (missing_keys, unexpected_keys), as torch does.
         """
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         missing = sorted(set(self.params) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(self.params))
-        if missing or unexpected:
+        unexpected = sorted(set(state_dict) - set(self.params), key=str)
+        if strict and (missing or unexpected):
             raise KeyError(f"state_dict mismatch for {type(self).__name__}: "
                            f"missing keys {missing}, unexpected keys {unexpected}")
         new = {}
         for k, p in self.params.items():
+            if k not in state_dict:
+                continue
             v = state_dict[k]
             if hasattr(v, "detach"):  # a torch tensor
                 v = _from_torch(v)
@@ -141,3 +184,10 @@ class Module:
             new[k] = v
         for k, v in new.items():
             self.params[k][...] = v
+        return IncompatibleKeys(missing, unexpected)
+
+
+class IncompatibleKeys(NamedTuple):
+    """What load_state_dict(strict=False) did not load, as torch reports it."""
+    missing_keys: List[str]
+    unexpected_keys: List[str]

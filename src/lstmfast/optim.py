@@ -1,9 +1,10 @@
 """Optimizers and gradient clipping over ``Module`` parameters, with PyTorch's formulas.
 
-An optimizer takes a Module or an iterable of Modules and walks their
-``named_parameters()`` on every ``step()``, updating the parameter arrays in place, so
-arrays taken from ``module.params`` stay live. Per-parameter state (momentum, Adam moments)
-is keyed by (module position, parameter name). The learning rate is the attribute ``lr``
+An optimizer takes a Module, or an iterable of Modules and parameters (the arrays
+``module.parameters()`` hands out, which carry ``.grad``: ``SGD(model.parameters(), lr)``
+as in torch), and updates the parameter arrays in place on every ``step()``, so arrays
+taken from ``module.params`` stay live. Per-parameter state (momentum, Adam moments)
+is keyed by position (and parameter name within a module). The learning rate is the attribute ``lr``
 and may be changed between steps.
 """
 from __future__ import annotations
@@ -13,29 +14,41 @@ from typing import Iterable, Tuple, Union
 
 import numpy as np
 
-from .module import Module
+from .module import Module, Parameter
 
 __all__ = ["SGD", "Adam", "clip_grad_norm", "clip_grad_value"]
 
-Modules = Union[Module, Iterable[Module]]
+Params = Union[Module, Iterable[Union[Module, Parameter]]]
 
 
-def _as_modules(modules):
-    """A Module or an iterable of Modules -> list of distinct Modules, in order."""
-    if isinstance(modules, Module):
-        return [modules]
+def _as_params(params):
+    """A Module, or an iterable of Modules and parameters (the arrays module.parameters()
+    hands out, which carry .grad) -> [(key, param, grad)], each parameter once, in order.
+    key names the parameter for the optimizer's state."""
+    if isinstance(params, Module):
+        params = [params]
     try:
-        modules = list(modules)
+        items = list(params)
     except TypeError:
-        raise TypeError(f"expected a Module or an iterable of Modules, got "
-                        f"{type(modules).__name__}") from None
-    out = []
-    for m in modules:
-        if not isinstance(m, Module):
-            raise TypeError(f"expected Modules, got {type(m).__name__}")
-        # A module listed twice would otherwise be stepped twice per step().
-        if not any(m is o for o in out):
-            out.append(m)
+        raise TypeError(f"expected a Module, or an iterable of Modules or of parameters "
+                        f"(module.parameters()), got {type(params).__name__}") from None
+    out, seen = [], set()
+    for i, item in enumerate(items):
+        if isinstance(item, Module):
+            pairs = [((i, name), p, item.grads[name]) for name, p in item.params.items()]
+        elif isinstance(item, Parameter) and isinstance(item.grad, np.ndarray):
+            pairs = [((i, None), item, item.grad)]
+        else:
+            what = "an array without .grad" if isinstance(item, np.ndarray) else \
+                type(item).__name__
+            raise TypeError(f"expected Modules or parameters from module.parameters() (which "
+                            f"carry .grad), got {what}")
+        for key, p, g in pairs:
+            # the same memory listed twice would be stepped twice per step()
+            ident = (p.__array_interface__["data"][0], p.shape, p.strides)
+            if ident not in seen:
+                seen.add(ident)
+                out.append((key, p, g))
     return out
 
 
@@ -47,20 +60,20 @@ def _check_nonneg(name, value):
 
 
 class _Optimizer:
-    def __init__(self, modules, lr):
-        self.modules = _as_modules(modules)
+    def __init__(self, params, lr):
+        self.param_list = _as_params(params)
         self.lr = _check_nonneg("lr", lr)
         self.state = {}
 
     def _params(self):
         """Yield (state dict, param, grad) for every parameter."""
-        for i, m in enumerate(self.modules):
-            for name, p, g in m.named_parameters():
-                yield self.state.setdefault((i, name), {}), p, g
+        for key, p, g in self.param_list:
+            yield self.state.setdefault(key, {}), p, g
 
-    def zero_grad(self) -> None:
-        for m in self.modules:
-            m.zero_grad()
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero every gradient in place (set_to_none: see Module.zero_grad)."""
+        for _, _, g in self.param_list:
+            g[...] = 0
 
 
 class SGD(_Optimizer):
@@ -73,9 +86,9 @@ class SGD(_Optimizer):
         p = p - lr * g
     """
 
-    def __init__(self, modules: Modules, lr: float, momentum: float = 0.0,
+    def __init__(self, params: Params, lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False) -> None:
-        super().__init__(modules, lr)
+        super().__init__(params, lr)
         self.momentum = _check_nonneg("momentum", momentum)
         self.weight_decay = _check_nonneg("weight_decay", weight_decay)
         self.nesterov = bool(nesterov)
@@ -108,10 +121,10 @@ class Adam(_Optimizer):
         p = p - lr / (1 - b1**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)
     """
 
-    def __init__(self, modules: Modules, lr: float = 1e-3,
+    def __init__(self, params: Params, lr: float = 1e-3,
                  betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
-        super().__init__(modules, lr)
+        super().__init__(params, lr)
         try:
             b1, b2 = (float(b) for b in betas)
         except (TypeError, ValueError):
@@ -143,11 +156,11 @@ class Adam(_Optimizer):
             p -= (self.lr / (1 - b1**t)) * m / denom
 
 
-def _grads(modules):
-    return [g for m in _as_modules(modules) for _, _, g in m.named_parameters()]
+def _grads(params):
+    return [g for _, _, g in _as_params(params)]
 
 
-def clip_grad_norm(modules: Modules, max_norm: float, norm_type: float = 2.0,
+def clip_grad_norm(params: Params, max_norm: float, norm_type: float = 2.0,
                    error_if_nonfinite: bool = False) -> float:
     """Scale all gradients together so their joint norm is at most ``max_norm``.
 
@@ -163,7 +176,7 @@ def clip_grad_norm(modules: Modules, max_norm: float, norm_type: float = 2.0,
         raise ValueError(f"norm_type must be a number or 'inf', got {norm_type!r}") from None
     if not norm_type > 0:
         raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
-    grads = [g for g in _grads(modules) if g.size]  # the inf norm of nothing is an error
+    grads = [g for g in _grads(params) if g.size]  # the inf norm of nothing is an error
     if not grads:
         return 0.0
     # Norms in float64: squares of large float32 gradients would overflow.
@@ -179,8 +192,8 @@ def clip_grad_norm(modules: Modules, max_norm: float, norm_type: float = 2.0,
     return total
 
 
-def clip_grad_value(modules: Modules, clip_value: float) -> None:
+def clip_grad_value(params: Params, clip_value: float) -> None:
     """Clip every gradient element into [-clip_value, clip_value], in place."""
     clip_value = _check_nonneg("clip_value", clip_value)
-    for g in _grads(modules):
+    for g in _grads(params):
         np.clip(g, -clip_value, clip_value, out=g)

@@ -197,17 +197,13 @@ class _Recurrence(torch.autograd.Function):
                 *(torch.from_numpy(grads[n]) for n in run.names))
 
 
-_composite_noted = []  # warn once per process, as warnings' "once" filter would
-
-
 def _composite_backward(run, saved, dy, dfinal):
     """The gradients as differentiable torch operations (for create_graph=True): torch's
     own recurrence rerun on the saved inputs, layer by layer with the same dropout masks,
     and differentiated by autograd."""
-    if not _composite_noted:
-        _composite_noted.append(True)
-        warnings.warn("lstmfast.torch: create_graph=True runs torch's own recurrence for the "
-                      "differentiable backward (slower than the kernels)", stacklevel=3)
+    # shown once per process by Python's default warning filter (one call site)
+    warnings.warn("lstmfast.torch: create_graph=True runs torch's own recurrence for the "
+                  "differentiable backward (slower than the kernels)", stacklevel=3)
     engine, pack = run.engine, run.pack
     nstate = 2 if engine._has_cell_state else 1
     x, states, weights = saved[0], saved[1:1 + nstate], saved[1 + nstate:]
