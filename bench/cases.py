@@ -7,7 +7,7 @@ time with the reason.
 import numpy as np
 import pytest
 
-from lstmfast._peers import PEERS
+from lstmfast.bench.peers import PEERS
 from lstmfast.bench import shape_name
 
 

@@ -12,7 +12,7 @@ Environment: LSTMFAST_BENCH_THREADS (default: all cores), LSTMFAST_BENCH_PAUSE (
 idle before each benchmark, default 0.3), LSTMFAST_BENCH_TIME (target seconds of timing
 per benchmark, default 0.5). Benchmarks are data, not tests: nothing here asserts a speed.
 A peer that is not installed is skipped with the reason; a peer whose result differs from
-lstmfast's fails (its wrapper in lstmfast/_peers.py has a bug, or lstmfast does).
+lstmfast's fails (its wrapper in lstmfast/bench/peers.py has a bug, or lstmfast does).
 """
 import importlib.util
 import os
@@ -30,7 +30,7 @@ if importlib.util.find_spec("threadpoolctl") is None:
 
 import numpy as np  # noqa: E402
 
-from lstmfast import _peers  # noqa: E402
+from lstmfast.bench import peers as _peers  # noqa: E402
 from lstmfast.bench import _CpuMeter, shape_name  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # for `from cases import`

@@ -1,4 +1,4 @@
-"""The LSTM surface next to torch (cases in lstmfast/_surface.py): training steps of
+"""The LSTM surface next to torch (cases in lstmfast/bench/surface.py): training steps of
 torch programs with the drop-in or torch.nn.LSTM (a word-level language model, the
 standard shapes with a linear head), variable lengths against packed sequences, the
 single-step cell, and a 2-layer bidirectional LSTM with lengths through the numpy layer,
@@ -10,7 +10,7 @@ import pytest
 from conftest import PAUSE, THREADS
 
 torch = pytest.importorskip("torch", reason="torch is not installed: no peer to compare")
-from lstmfast import _surface  # noqa: E402
+from lstmfast.bench import surface as _surface  # noqa: E402
 
 torch.set_num_threads(THREADS)  # the peers of the other cases set it in their setup
 

@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from lstmfast import checkpoint, textlm
+from lstmfast import checkpoint
+from lstmfast.apps import textlm
 from lstmfast.nn import Linear
 
 

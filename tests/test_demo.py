@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from lstmfast import __main__ as cli
-from lstmfast import bench, demo, textlm
+from lstmfast import bench
+from lstmfast.apps import common, demo, textlm
 
 
 def run_cli(*args, timeout=120):
@@ -25,7 +26,7 @@ def run_cli(*args, timeout=120):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_lstm_remembers_where_rnn_forgets(seed):
     cfg = demo.DemoConfig(lengths=(40,), hidden=32, steps=200, seed=seed)
-    with demo.limit_threads(1):
+    with common.limit_threads(1):
         results = demo.run(cfg, log=lambda line: None, progress=False)
     rnn, lstm = results["RNN", 40], results["LSTM", 40]
     assert lstm.accuracy >= 0.9
@@ -51,7 +52,7 @@ def test_task_puts_cue_first_and_query_last():
 
 def test_demo_is_deterministic_for_a_seed():
     cfg = demo.DemoConfig(lengths=(6,), hidden=8, steps=20, seed=3)
-    with demo.limit_threads(1):
+    with common.limit_threads(1):
         a = demo.train_one("LSTM", 6, cfg)
         b = demo.train_one("LSTM", 6, cfg)
     assert a.accuracy == b.accuracy and a.final_loss == b.final_loss

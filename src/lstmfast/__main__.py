@@ -8,9 +8,9 @@ import sys
 
 # name -> (module, one-line description)
 COMMANDS = {
-    "demo": ("lstmfast.demo", "vanishing gradients: a tanh RNN vs an LSTM on a long-range "
+    "demo": ("lstmfast.apps.demo", "vanishing gradients: a tanh RNN vs an LSTM on a long-range "
                               "recall task (default; about a minute)"),
-    "text": ("lstmfast.textlm", "a character-level LSTM language model trained on this "
+    "text": ("lstmfast.apps.textlm", "a character-level LSTM language model trained on this "
                                 "Python's own standard library source"),
     "bench": ("lstmfast.bench", "speed benchmark of the layers (forwards its options)"),
 }

@@ -1,14 +1,15 @@
 """How many threads lstmfast's kernels may use (its own, and BLAS inside its calls)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
-__all__ = ["set_num_threads", "get_num_threads"]
+__all__ = ["set_num_threads", "get_num_threads", "thread_limit"]
 
 _requested: Optional[int] = None  # None: every core this process may run on
 
@@ -35,6 +36,17 @@ def set_num_threads(n: Optional[int]) -> None:
             raise ValueError(f"the number of threads must be at most 2**31-1, got {n!r}")
         n = value
     _requested = n
+
+
+@contextlib.contextmanager
+def thread_limit(n: Optional[int]) -> Iterator[None]:
+    """``set_num_threads(n)`` for the block, then the setting as it was (None included)."""
+    previous = _requested
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(previous)
 
 
 def get_num_threads() -> int:

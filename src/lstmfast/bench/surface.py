@@ -72,7 +72,7 @@ def bidirectional_lengths_train(T=100, B=32, H=256, seed=1):
     import torch
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    from . import torch as lt
+    from .. import torch as lt
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, H)).astype(np.float32)
@@ -138,7 +138,7 @@ def _twins(build):
     """The same model twice, with torch.nn.LSTM and with the drop-in, equal weights."""
     import torch
 
-    from . import torch as lt
+    from .. import torch as lt
 
     torch.manual_seed(0)
     ref = build(torch.nn.LSTM)
@@ -198,7 +198,7 @@ def dropin_train(T, B, I, H, classes=10):
 
 
 def _standard_dropin_cases():
-    from .bench import LSTM_SHAPES
+    from . import LSTM_SHAPES
 
     return [lambda s=s: dropin_train(*s) for s in LSTM_SHAPES]
 

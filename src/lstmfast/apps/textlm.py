@@ -26,13 +26,10 @@ import time
 
 import numpy as np
 
-from . import checkpoint, nn, optim
-from .demo import _cannot_write, _positive, limit_threads, progress_bar
-from .layers import LSTM
-from .module import Module
-
-__all__ = ["find_stdlib_sources", "load_corpus", "Vocab", "CharLSTM", "train", "sample",
-           "save", "load", "main"]
+from .. import checkpoint, nn, optim
+from ..layers import LSTM
+from .common import cannot_write, limit_threads, positive, progress_bar
+from ..module import Module
 
 UNK = "\ufffd"   # stands for every character outside printable ASCII
 # Directories under the stdlib whose .py files are not representative source: installed
@@ -388,36 +385,36 @@ def build_parser(prog="python -m lstmfast text"):
     p.add_argument("--save", metavar="PATH.npz", help="write a checkpoint when done")
     p.add_argument("--load", metavar="PATH.npz",
                    help="start from a checkpoint (its sizes and vocabulary)")
-    p.add_argument("--hidden", type=_positive(int),
+    p.add_argument("--hidden", type=positive(int),
                    help=f"LSTM hidden size (default {DEFAULTS['hidden']})")
-    p.add_argument("--layers", type=_positive(int),
+    p.add_argument("--layers", type=positive(int),
                    help=f"LSTM layers (default {DEFAULTS['layers']})")
-    p.add_argument("--embed", type=_positive(int),
+    p.add_argument("--embed", type=positive(int),
                    help=f"embedding size (default {DEFAULTS['embed']})")
-    p.add_argument("--batch", type=_positive(int), default=32,
+    p.add_argument("--batch", type=positive(int), default=32,
                    help="parallel streams (default %(default)s)")
-    p.add_argument("--bptt", type=_positive(int), default=64,
+    p.add_argument("--bptt", type=positive(int), default=64,
                    help="characters per truncated-BPTT chunk (default %(default)s)")
-    p.add_argument("--lr", type=_positive(float), default=2e-3,
+    p.add_argument("--lr", type=positive(float), default=2e-3,
                    help="Adam learning rate (default %(default)s)")
-    p.add_argument("--clip", type=_positive(float), default=1.0,
+    p.add_argument("--clip", type=positive(float), default=1.0,
                    help="max gradient norm (default %(default)s)")
-    p.add_argument("--temperature", type=_positive(float), default=0.8,
+    p.add_argument("--temperature", type=positive(float), default=0.8,
                    help="sampling temperature: lower is safer, higher is wilder "
                         "(default %(default)s)")
-    p.add_argument("--sample-chars", type=_positive(int), default=600,
+    p.add_argument("--sample-chars", type=positive(int), default=600,
                    help="length of the final sample (default %(default)s)")
     p.add_argument("--prime", default="\n",
                    help="text the model reads before sampling (default a newline)")
-    p.add_argument("--print-every", type=_positive(float), default=10.0,
+    p.add_argument("--print-every", type=positive(float), default=10.0,
                    help="seconds between loss lines (default %(default)s)")
     p.add_argument("--sample-every", type=float, default=30.0,
                    help="seconds between samples during training; 0 for none "
                         "(default %(default)s)")
-    p.add_argument("--max-chars", type=_positive(int), default=2_000_000,
+    p.add_argument("--max-chars", type=positive(int), default=2_000_000,
                    help="corpus size cap in characters (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    p.add_argument("--threads", type=_positive(int), default=1,
+    p.add_argument("--threads", type=positive(int), default=1,
                    help="threads for lstmfast and numpy's BLAS (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -429,7 +426,7 @@ def main(argv=None):
         if not 0 <= v < math.inf:
             print(f"error: {flag} must be a number of seconds >= 0, got {v}", file=sys.stderr)
             return 2
-    why = args.save and _cannot_write(args.save)
+    why = args.save and cannot_write(args.save)
     if why:
         print(f"error: --save {why}", file=sys.stderr)
         return 2

@@ -39,13 +39,9 @@ import time
 
 import numpy as np
 
-from . import nn, optim
-from .layers import LSTM, RNN
-from . import threads as _threads
-from .threads import set_num_threads
-
-__all__ = ["DemoConfig", "DemoResults", "RunResult", "make_batch", "CueClassifier",
-           "train_one", "run", "format_summary", "plot", "limit_threads", "main"]
+from .. import nn, optim
+from ..layers import LSTM, RNN
+from .common import limit_threads, positive, progress_bar
 
 # "LSTM" starts with the forget-gate bias set to cfg.forget_bias; "LSTM0" is the same
 # LSTM with torch's default initialisation (every bias uniform around 0), shown beside it
@@ -416,89 +412,6 @@ def plot(results, path):
     plt.close(fig)
 
 
-# --- shared CLI helpers (also used by the text model) ------------------------------------
-class _PlainBar:
-    """The part of tqdm's interface the demos use, printing nothing but ``write`` lines."""
-
-    def update(self, n=1):
-        pass
-
-    def set_description(self, desc):
-        pass
-
-    def set_postfix_str(self, s):
-        pass
-
-    def write(self, line, log=print):
-        log(line)
-
-
-class _TqdmBar:
-    def __init__(self, bar):
-        self._bar = bar
-        self.update = bar.update
-
-    # Without refresh=False every call would redraw the bar, once per training step.
-    def set_description(self, desc):
-        self._bar.set_description(desc, refresh=False)
-
-    def set_postfix_str(self, s):
-        self._bar.set_postfix_str(s, refresh=False)
-
-    def write(self, line, log=print):
-        if log is print:
-            self._bar.write(line, file=sys.stdout)
-        else:
-            log(line)
-
-
-@contextlib.contextmanager
-def progress_bar(total, desc, unit, enabled=True, bar_format=None):
-    """A tqdm bar on stderr if tqdm is installed and stderr is a terminal, else no bar."""
-    tqdm = None
-    if enabled and sys.stderr.isatty():
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            pass
-    if tqdm is None:
-        yield _PlainBar()
-        return
-    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
-               bar_format=bar_format)
-    try:
-        yield _TqdmBar(bar)
-    finally:
-        bar.close()
-
-
-@contextlib.contextmanager
-def limit_threads(n):
-    """Run the block with lstmfast and the BLAS pools limited to ``n`` threads.
-
-    Sets ``lstmfast.set_num_threads(n)``; numpy's own BLAS (used by Linear, the losses and
-    clipping) is limited through threadpoolctl when it is installed. Measured here on two
-    busy cores, an idle-spinning BLAS pool next to lstmfast's threads made a training step
-    3-4x slower, and for the small shapes of these demos one thread is the fastest
-    setting anyway. A fixed thread count also makes a seeded run repeat bit for bit.
-    Yields a short description for the log.
-    """
-    # The setting itself, not get_num_threads(): None ("all cores") must come back as None.
-    previous = _threads._requested
-    set_num_threads(n)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            yield (f"{n} thread{'s' * (n > 1)} (numpy's BLAS not limited: "
-                   f"threadpoolctl is not installed)")
-            return
-        with threadpool_limits(limits=n, user_api="blas"):
-            yield f"{n} thread{'s' * (n > 1)}"
-    finally:
-        set_num_threads(previous)
-
-
 def _int_list(text):
     try:
         values = tuple(int(v) for v in text.replace(",", " ").split())
@@ -507,24 +420,6 @@ def _int_list(text):
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"lengths must be positive integers, got {text!r}")
     return values
-
-
-def _cannot_write(path):
-    """Why no file can be written at path, or None: for outputs that a long run writes at
-    its end, checked before it starts."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        return f"{path}: cannot write there (not a file in a writable folder)"
-    return None
-
-
-def _positive(kind):
-    def parse(text):
-        v = kind(text)
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return v
-    return parse
 
 
 def build_parser(prog="python -m lstmfast demo"):
@@ -537,16 +432,16 @@ def build_parser(prog="python -m lstmfast demo"):
                    help=f"a few seconds' run (N={','.join(map(str, QUICK['lengths']))}, "
                         f"hidden {QUICK['hidden']}, {QUICK['steps']} steps) unless overridden")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
-    p.add_argument("--hidden", type=_positive(int), help=f"hidden size (default {d.hidden})")
+    p.add_argument("--hidden", type=positive(int), help=f"hidden size (default {d.hidden})")
     p.add_argument("--lengths", type=_int_list,
                    help=f"distractor counts N (default {','.join(map(str, d.lengths))})")
-    p.add_argument("--steps", type=_positive(int),
+    p.add_argument("--steps", type=positive(int),
                    help=f"Adam steps per model and N (default {d.steps})")
-    p.add_argument("--batch", type=_positive(int), default=d.batch,
+    p.add_argument("--batch", type=positive(int), default=d.batch,
                    help="sequences per step (default %(default)s)")
-    p.add_argument("--lr", type=_positive(float), default=d.lr,
+    p.add_argument("--lr", type=positive(float), default=d.lr,
                    help="Adam learning rate (default %(default)s)")
-    p.add_argument("--clip", type=_positive(float), default=d.clip,
+    p.add_argument("--clip", type=positive(float), default=d.clip,
                    help="max gradient norm (default %(default)s)")
     p.add_argument("--forget-bias", type=float, default=d.forget_bias,
                    help="added to the LSTM's forget-gate bias at init (LSTM(..., "
@@ -556,7 +451,7 @@ def build_parser(prog="python -m lstmfast demo"):
                    metavar="{2..9}", help="number of cue tokens (default %(default)s)")
     p.add_argument("--plot", metavar="OUT.png",
                    help="save accuracy-vs-N and gradient-vs-distance panels (matplotlib)")
-    p.add_argument("--threads", type=_positive(int), default=1,
+    p.add_argument("--threads", type=positive(int), default=1,
                    help="threads for lstmfast and numpy's BLAS; results repeat exactly "
                         "for a fixed seed and thread count (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -5,7 +5,7 @@ GFLOP/s, speed relative to the fastest peer, and the share of this machine's own
 (numpy's float GEMM on 2048x2048 operands with the same threads, sampled once per round
 inside every case; numpy's and scipy's OpenBLAS are also timed at the start and the end).
 Peers are lstmfast, a plain numpy layer, torch.nn and onnxruntime's operators (see
-_peers.py); missing ones are listed as missing. Every peer is checked against lstmfast on
+bench/peers.py); missing ones are listed as missing. Every peer is checked against lstmfast on
 the same weights before it is timed.
 
 Timing: implementations are interleaved (round-robin, a 0.2 s pause before each sample,
@@ -35,9 +35,10 @@ import numpy as np
 
 import lstmfast
 
-from . import _kernels, _peers
-from ._peers import PEERS, PeerMismatch, Problem, gflop, set_threads, verify
-from .demo import _cannot_write
+from .. import _kernels
+from . import peers as _peers
+from ..apps.common import cannot_write
+from .peers import PEERS, PeerMismatch, Problem, gflop, set_threads, verify
 
 __all__ = ["LSTM_SHAPES", "LSTM_INFER_SHAPES", "FLOAT64_SHAPES", "GRU_SHAPES", "RNN_SHAPES",
            "shape_name", "parse_shape", "main"]
@@ -428,8 +429,8 @@ def plot(cases, path):
 
 # --- command line ------------------------------------------------------------------------
 def run_surface(repeat, pause, threads, out=sys.stdout):
-    """The cases of lstmfast/_surface.py, interleaved, medians against the fastest peer."""
-    from . import _surface
+    """The cases of lstmfast/bench/surface.py, interleaved, medians against the fastest peer."""
+    from . import surface as _surface
 
     try:
         import torch
@@ -503,7 +504,7 @@ def main(argv=None):
     if not args.pause >= 0 or args.pause == float("inf"):
         p.error(f"--pause takes seconds >= 0, got {args.pause}")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        why = path and _cannot_write(path)
+        why = path and cannot_write(path)
         if why:
             p.error(f"{flag} {why}")
     if args.plot:
@@ -626,7 +627,3 @@ def main(argv=None):
         plot(cases, args.plot)
         print(f"wrote {args.plot}")
     return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
