@@ -98,3 +98,14 @@ int lf_cpu_supports(const char *isa)
     return !strcmp(isa, "baseline");
 #endif
 }
+
+const char *lf_field_name(int code)
+{
+    static const char *const names[LF_FIELD_COUNT] = {
+        "", "blas", "dims", "x", "w_ih", "w_hh", "w_hr", "h0", "c0", "y", "h_n", "c_n",
+        "gates", "aux", "work", "dy", "dh_n", "dc_n", "dx", "dh0", "dc0", "dw_ih", "dw_hh",
+        "dw_hr",
+    };
+    const int field = LF_EFIELD - code;
+    return field > 0 && field < LF_FIELD_COUNT ? names[field] : "";
+}

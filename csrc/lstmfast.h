@@ -50,7 +50,19 @@ void lf_blas_single_leave(const lf_blas *bl);
 
 enum lf_cell { LF_LSTM = 0, LF_GRU = 1, LF_RNN_TANH = 2, LF_RNN_RELU = 3 };
 
-enum { LF_OK = 0, LF_EARG = -1, LF_ECANCELLED = -2 };
+enum { LF_OK = 0, LF_ECANCELLED = -2 };
+
+/* The fields of the argument structs below, for error codes: an entry point that
+ * rejects field f returns LF_EFIELD - f, and lf_field_name(code) names the field. */
+enum {
+    LF_FIELD_BLAS = 1, LF_FIELD_DIMS, LF_FIELD_X, LF_FIELD_W_IH, LF_FIELD_W_HH,
+    LF_FIELD_W_HR, LF_FIELD_H0, LF_FIELD_C0, LF_FIELD_Y, LF_FIELD_H_N, LF_FIELD_C_N,
+    LF_FIELD_GATES, LF_FIELD_AUX, LF_FIELD_WORK, LF_FIELD_DY, LF_FIELD_DH_N, LF_FIELD_DC_N,
+    LF_FIELD_DX, LF_FIELD_DH0, LF_FIELD_DC0, LF_FIELD_DW_IH, LF_FIELD_DW_HH, LF_FIELD_DW_HR,
+    LF_FIELD_COUNT
+};
+#define LF_EFIELD (-100)
+const char *lf_field_name(int code);  /* dispatch.c; "" for a code that names none */
 
 /* A way for the caller to stop a long call: poll(arg) is called by the calling thread
  * between timesteps, at most every LF_POLL_SECONDS (never in a call shorter than that);
@@ -123,7 +135,9 @@ static inline int lf_aux_size(int cell, int H)
     return cell == LF_LSTM || cell == LF_GRU ? H : 0;
 }
 
-/* The entry points of one variant, in its table (lf_kernels):
+/* The entry points of one variant, in its table (lf_kernels): forward and backward take
+ * one argument struct each (lf_forward_args, lf_backward_args: the fields below) and
+ * return LF_OK, LF_ECANCELLED, or LF_EFIELD - LF_FIELD_<name> for the field they reject.
  * forward_work_size / backward_work_size: elements of scratch that forward / backward
  * need for these dims (the variants' packed layouts differ in size).
  *
@@ -140,18 +154,18 @@ static inline int lf_aux_size(int cell, int H)
  *   were packed from: a call compares the weights with the copy (sequential reads) and
  *   packs again only where they differ, so a weight changed in place is always seen.
  *   A buffer another variant packed is packed again. */
-typedef int lf_forward_f32_fn(const lf_blas *blas, const lf_dims *d,
-                   const float *x, int ldx, const float *w_ih, const float *w_hh,
-                   const float *b_ih, const float *b_hh, const float *w_hr,
-                   const float *h0, const float *c0,
-                   float *y, int ldy, float *h_n, float *c_n,
-                   float *gates, float *aux, float *work, int work_reused);
-typedef int lf_forward_f64_fn(const lf_blas *blas, const lf_dims *d,
-                   const double *x, int ldx, const double *w_ih, const double *w_hh,
-                   const double *b_ih, const double *b_hh, const double *w_hr,
-                   const double *h0, const double *c0,
-                   double *y, int ldy, double *h_n, double *c_n,
-                   double *gates, double *aux, double *work, int work_reused);
+typedef struct {
+    const lf_blas *blas;
+    lf_dims dims;
+    const void *x;          /* the arrays are float * or double *, as the entry point */
+    int ldx;
+    const void *w_ih, *w_hh, *b_ih, *b_hh, *w_hr, *h0, *c0;
+    void *y;
+    int ldy;
+    void *h_n, *c_n, *gates, *aux, *work;
+    int work_reused;
+} lf_forward_args;
+typedef int lf_forward_fn(const lf_forward_args *args);
 
 /* Backward through time, consuming the forward's cache: gates and aux are overwritten
  * with the gate pre-activation gradients, so each cache is good for one backward.
@@ -164,22 +178,24 @@ typedef int lf_forward_f64_fn(const lf_blas *blas, const lf_dims *d,
  *   dh_norms: NULL, or [T] receiving ||dL/dh_t|| over the batch at each step t (the
  *   gradient-flow diagnostic: how much gradient reaches each timestep).
  *   work: lf_backward_work_size(d) elements. */
-typedef int lf_backward_f32_fn(const lf_blas *blas, const lf_dims *d,
-                    const float *x, int ldx, const float *w_ih, const float *w_hh,
-                    const float *w_hr, const float *h0, const float *c0,
-                    const float *y, int ldy, float *gates, float *aux,
-                    const float *dy, int lddy, const float *dh_n, const float *dc_n,
-                    float *dx, int lddx, int accumulate_dx, float *dh0, float *dc0,
-                    float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *dw_hr,
-                    double *dh_norms, float *work);
-typedef int lf_backward_f64_fn(const lf_blas *blas, const lf_dims *d,
-                    const double *x, int ldx, const double *w_ih, const double *w_hh,
-                    const double *w_hr, const double *h0, const double *c0,
-                    const double *y, int ldy, double *gates, double *aux,
-                    const double *dy, int lddy, const double *dh_n, const double *dc_n,
-                    double *dx, int lddx, int accumulate_dx, double *dh0, double *dc0,
-                    double *dw_ih, double *dw_hh, double *db_ih, double *db_hh,
-                    double *dw_hr, double *dh_norms, double *work);
+typedef struct {
+    const lf_blas *blas;
+    lf_dims dims;           /* dims.part: all of it, or one of its two parts (LF_BWD_*) */
+    const void *x;          /* the arrays are float * or double *, as the entry point */
+    int ldx;
+    const void *w_ih, *w_hh, *w_hr, *h0, *c0, *y;
+    int ldy;
+    void *gates, *aux;
+    const void *dy;
+    int lddy;
+    const void *dh_n, *dc_n;
+    void *dx;
+    int lddx, accumulate_dx;
+    void *dh0, *dc0, *dw_ih, *dw_hh, *db_ih, *db_hh, *dw_hr;
+    double *dh_norms;
+    void *work;
+} lf_backward_args;
+typedef int lf_backward_fn(const lf_backward_args *args);
 
 /* One variant of the kernels, built for one instruction set. */
 typedef struct {
@@ -190,10 +206,10 @@ typedef struct {
     size_t (*forward_work_size_f64)(const lf_dims *d, int training);
     size_t (*backward_work_size_f32)(const lf_dims *d);
     size_t (*backward_work_size_f64)(const lf_dims *d);
-    lf_forward_f32_fn *forward_f32;
-    lf_forward_f64_fn *forward_f64;
-    lf_backward_f32_fn *backward_f32;
-    lf_backward_f64_fn *backward_f64;
+    lf_forward_fn *forward_f32;
+    lf_forward_fn *forward_f64;
+    lf_backward_fn *backward_f32;
+    lf_backward_fn *backward_f64;
     /* the variant's multiply-add ceiling: n rounds of register-resident vector FMAs;
      * returns the flops done (a benchmark times it) */
     double (*fma_peak_f32)(long n, float *out);

@@ -76,6 +76,10 @@ static int lf_has_proj(const lf_dims *d)
     return d->cell == LF_LSTM && d->out_size != d->hidden_size;
 }
 
+/* Return the code naming `field` unless cond holds (lstmfast.h: LF_EFIELD). */
+#define LF_REQUIRE(cond, field) \
+    do { if (!(cond)) return LF_EFIELD - (field); } while (0)
+
 static int lf_dims_valid(const lf_dims *d)
 {
     if (!d || d->cell < LF_LSTM || d->cell > LF_RNN_RELU || d->seq_len < 1 || d->batch < 1 ||
@@ -140,6 +144,20 @@ static int lf_chunk_steps(const lf_dims *d)
     int steps = 512 / d->batch;
     if (steps < 1) steps = 1;
     return steps < d->seq_len ? steps : d->seq_len;
+}
+
+/* The fields forward and backward both require. */
+static int lf_check_shared(const lf_blas *bl, const lf_dims *d, const void *x,
+                           const void *w_ih, const void *w_hh, const void *h0, const void *y)
+{
+    LF_REQUIRE(bl && bl->sgemm && bl->dgemm, LF_FIELD_BLAS);
+    LF_REQUIRE(lf_dims_valid(d), LF_FIELD_DIMS);
+    LF_REQUIRE(x, LF_FIELD_X);
+    LF_REQUIRE(w_ih, LF_FIELD_W_IH);
+    LF_REQUIRE(w_hh, LF_FIELD_W_HH);
+    LF_REQUIRE(h0, LF_FIELD_H0);
+    LF_REQUIRE(y, LF_FIELD_Y);
+    return LF_OK;
 }
 
 /* Training projects the input in chunks of about 2 GFLOP (at least 512 rows): big

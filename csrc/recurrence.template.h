@@ -429,22 +429,25 @@ static void FN(fwd_worker)(void *arg, int tid)
     }
 }
 
-static int FN(lf_forward)(const lf_blas *bl, const lf_dims *d,
+static int FN(forward)(const lf_blas *bl, const lf_dims *d,
                    const TYPE *x, int ldx, const TYPE *w_ih, const TYPE *w_hh,
                    const TYPE *b_ih, const TYPE *b_hh, const TYPE *w_hr,
                    const TYPE *h0, const TYPE *c0,
                    TYPE *y, int ldy, TYPE *h_n, TYPE *c_n,
                    TYPE *gates, TYPE *aux, TYPE *work, int work_reused)
 {
-    if (!lf_dims_valid(d) || !x || !w_ih || !w_hh || !h0 || !y || !h_n || !work)
-        return LF_EARG;
+    const int rc = lf_check_shared(bl, d, x, w_ih, w_hh, h0, y);
+    if (rc != LF_OK) return rc;
+    LF_REQUIRE(h_n, LF_FIELD_H_N);
+    LF_REQUIRE(work, LF_FIELD_WORK);
     const int cell = d->cell, B = d->batch, H = d->hidden_size;
     const int GH = lf_num_gates(cell) * H;
     const int training = gates != NULL;
     const int lstm = cell == LF_LSTM, gru = cell == LF_GRU;
-    if ((lstm && (!c0 || !c_n)) || (training && lf_aux_size(cell, H) && !aux) ||
-        (w_hr != NULL) != lf_has_proj(d))
-        return LF_EARG;
+    LF_REQUIRE(!lstm || c0, LF_FIELD_C0);
+    LF_REQUIRE(!lstm || c_n, LF_FIELD_C_N);
+    LF_REQUIRE(!training || !lf_aux_size(cell, H) || aux, LF_FIELD_AUX);
+    LF_REQUIRE((w_hr != NULL) == lf_has_proj(d), LF_FIELD_W_HR);
 
     FN(fwd_ctx) c;
     memset(c.next, 0, sizeof c.next);
@@ -721,7 +724,7 @@ static void FN(bwd_weights_worker)(void *arg, int tid)
     FN(bwd_weights)(arg, tid);
 }
 
-static int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
+static int FN(backward)(const lf_blas *bl, const lf_dims *d,
                     const TYPE *x, int ldx, const TYPE *w_ih, const TYPE *w_hh,
                     const TYPE *w_hr, const TYPE *h0, const TYPE *c0,
                     const TYPE *y, int ldy, TYPE *gates, TYPE *aux,
@@ -730,14 +733,24 @@ static int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
                     TYPE *dw_ih, TYPE *dw_hh, TYPE *db_ih, TYPE *db_hh, TYPE *dw_hr,
                     double *dh_norms, TYPE *work)
 {
-    if (!lf_dims_valid(d) || !x || !w_ih || !w_hh || !h0 || !y || !gates || !dy ||
-        !dh_n || !dx || !dh0 || !dw_ih || !dw_hh || !work)
-        return LF_EARG;
+    const int rc = lf_check_shared(bl, d, x, w_ih, w_hh, h0, y);
+    if (rc != LF_OK) return rc;
+    LF_REQUIRE(gates, LF_FIELD_GATES);
+    LF_REQUIRE(dy, LF_FIELD_DY);
+    LF_REQUIRE(dh_n, LF_FIELD_DH_N);
+    LF_REQUIRE(dx, LF_FIELD_DX);
+    LF_REQUIRE(dh0, LF_FIELD_DH0);
+    LF_REQUIRE(dw_ih, LF_FIELD_DW_IH);
+    LF_REQUIRE(dw_hh, LF_FIELD_DW_HH);
+    LF_REQUIRE(work, LF_FIELD_WORK);
     const int cell = d->cell, B = d->batch, H = d->hidden_size, P = d->out_size;
     const int lstm = cell == LF_LSTM;
-    if ((lstm && (!c0 || !dc_n || !dc0)) || (lf_aux_size(cell, H) && !aux) ||
-        (w_hr != NULL) != lf_has_proj(d) || (w_hr && !dw_hr))
-        return LF_EARG;
+    LF_REQUIRE(!lstm || c0, LF_FIELD_C0);
+    LF_REQUIRE(!lstm || dc_n, LF_FIELD_DC_N);
+    LF_REQUIRE(!lstm || dc0, LF_FIELD_DC0);
+    LF_REQUIRE(!lf_aux_size(cell, H) || aux, LF_FIELD_AUX);
+    LF_REQUIRE((w_hr != NULL) == lf_has_proj(d), LF_FIELD_W_HR);
+    LF_REQUIRE(!w_hr || dw_hr, LF_FIELD_DW_HR);
 
     const size_t N = (size_t)lf_total_rows(d);
     FN(bwd_ctx) c;
@@ -779,4 +792,22 @@ static int FN(lf_backward)(const lf_blas *bl, const lf_dims *d,
     }
     lf_blas_single_leave(bl);
     return c.stop ? LF_ECANCELLED : LF_OK;
+}
+
+/* The entry points: one argument struct each (lstmfast.h). */
+static int FN(lf_forward)(const lf_forward_args *a)
+{
+    LF_REQUIRE(a, LF_FIELD_DIMS);
+    return FN(forward)(a->blas, &a->dims, a->x, a->ldx, a->w_ih, a->w_hh, a->b_ih, a->b_hh,
+                       a->w_hr, a->h0, a->c0, a->y, a->ldy, a->h_n, a->c_n, a->gates, a->aux,
+                       a->work, a->work_reused);
+}
+
+static int FN(lf_backward)(const lf_backward_args *a)
+{
+    LF_REQUIRE(a, LF_FIELD_DIMS);
+    return FN(backward)(a->blas, &a->dims, a->x, a->ldx, a->w_ih, a->w_hh, a->w_hr, a->h0,
+                        a->c0, a->y, a->ldy, a->gates, a->aux, a->dy, a->lddy, a->dh_n,
+                        a->dc_n, a->dx, a->lddx, a->accumulate_dx, a->dh0, a->dc0, a->dw_ih,
+                        a->dw_hh, a->db_ih, a->db_hh, a->dw_hr, a->dh_norms, a->work);
 }

@@ -393,3 +393,20 @@ def test_bad_state_dict_raises_and_changes_nothing(mode, case, rng):
     m, a = pending_layer(mode, rng)
     sd, exc, match = bad_state_dicts(m)[case]
     check_fails_cleanly(m, a, lambda m, a: m.load_state_dict(sd), exc, match)
+
+
+FORWARD_FIELDS = ["x", "w_ih", "w_hh", "h0", "c0", "y", "h_n", "c_n", "aux", "work"]
+BACKWARD_FIELDS = ["dy", "dh_n", "dc_n", "dx", "dh0", "dc0", "dw_ih", "dw_hh"]
+
+
+@pytest.mark.parametrize("field", FORWARD_FIELDS + BACKWARD_FIELDS)
+def test_kernel_rejections_name_the_field(field):
+    """The C entry points take one argument struct each and reject a bad field with a
+    code of its own, which the binding turns into a message naming the field (the
+    binding's own checks keep such calls from reaching C; a test hook sends one)."""
+    from lstmfast import _kernels
+    what = "forward" if field in FORWARD_FIELDS else "backward"
+    with pytest.raises(RuntimeError, match=rf"{what} kernel rejected its argument {field} "
+                                           rf"\(code -1\d\d\)"):
+        _kernels._reject(field)
+    _kernels._reject("")  # nothing NULL: both calls succeed

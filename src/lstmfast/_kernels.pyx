@@ -46,26 +46,60 @@ cdef extern from "lstmfast.h" nogil:
     int lf_num_gates(int cell) noexcept
     int lf_aux_size(int cell, int H) noexcept
     void lf_find_blas_threads(lf_blas *bl, const void *gemm) noexcept
-    ctypedef int (*lf_forward_f32_fn)(
-        const lf_blas *, const lf_dims *, const float *, int, const float *, const float *,
-        const float *, const float *, const float *, const float *, const float *, float *,
-        int, float *, float *, float *, float *, float *, int) noexcept nogil
-    ctypedef int (*lf_forward_f64_fn)(
-        const lf_blas *, const lf_dims *, const double *, int, const double *,
-        const double *, const double *, const double *, const double *, const double *,
-        const double *, double *, int, double *, double *, double *, double *, double *,
-        int) noexcept nogil
-    ctypedef int (*lf_backward_f32_fn)(
-        const lf_blas *, const lf_dims *, const float *, int, const float *, const float *,
-        const float *, const float *, const float *, const float *, int, float *, float *,
-        const float *, int, const float *, const float *, float *, int, int, float *,
-        float *, float *, float *, float *, float *, float *, double *, float *) noexcept nogil
-    ctypedef int (*lf_backward_f64_fn)(
-        const lf_blas *, const lf_dims *, const double *, int, const double *,
-        const double *, const double *, const double *, const double *, const double *, int,
-        double *, double *, const double *, int, const double *, const double *, double *,
-        int, int, double *, double *, double *, double *, double *, double *, double *,
-        double *, double *) noexcept nogil
+    ctypedef struct lf_forward_args:
+        const lf_blas *blas
+        lf_dims dims
+        const void *x
+        int ldx
+        const void *w_ih
+        const void *w_hh
+        const void *b_ih
+        const void *b_hh
+        const void *w_hr
+        const void *h0
+        const void *c0
+        void *y
+        int ldy
+        void *h_n
+        void *c_n
+        void *gates
+        void *aux
+        void *work
+        int work_reused
+    ctypedef struct lf_backward_args:
+        const lf_blas *blas
+        lf_dims dims
+        const void *x
+        int ldx
+        const void *w_ih
+        const void *w_hh
+        const void *w_hr
+        const void *h0
+        const void *c0
+        const void *y
+        int ldy
+        void *gates
+        void *aux
+        const void *dy
+        int lddy
+        const void *dh_n
+        const void *dc_n
+        void *dx
+        int lddx
+        int accumulate_dx
+        void *dh0
+        void *dc0
+        void *dw_ih
+        void *dw_hh
+        void *db_ih
+        void *db_hh
+        void *dw_hr
+        double *dh_norms
+        void *work
+    ctypedef int lf_forward_fn(const lf_forward_args *) noexcept nogil
+    ctypedef int lf_backward_fn(const lf_backward_args *) noexcept nogil
+    int LF_EFIELD
+    const char *lf_field_name(int code) noexcept
     ctypedef struct lf_kernels:
         const char *isa
         int vec_bytes, tile_rows
@@ -73,10 +107,10 @@ cdef extern from "lstmfast.h" nogil:
         size_t (*forward_work_size_f64)(const lf_dims *, int) noexcept nogil
         size_t (*backward_work_size_f32)(const lf_dims *) noexcept nogil
         size_t (*backward_work_size_f64)(const lf_dims *) noexcept nogil
-        lf_forward_f32_fn forward_f32
-        lf_forward_f64_fn forward_f64
-        lf_backward_f32_fn backward_f32
-        lf_backward_f64_fn backward_f64
+        lf_forward_fn *forward_f32
+        lf_forward_fn *forward_f64
+        lf_backward_fn *backward_f32
+        lf_backward_fn *backward_f64
         double (*fma_peak_f32)(long, float *) noexcept nogil
         double (*fma_peak_f64)(long, double *) noexcept nogil
     const lf_kernels *lf_kernels_get(int i) noexcept
@@ -353,7 +387,9 @@ cdef _check_rc(int rc, list raised, str what):
     if rc == LF_ECANCELLED and raised:
         raise raised[0]
     if rc != LF_OK:
-        raise RuntimeError(f"lstmfast {what} kernel rejected its arguments (code {rc})")
+        field = lf_field_name(rc).decode()
+        raise RuntimeError(f"lstmfast {what} kernel rejected its argument "
+                           f"{field or '(unknown)'} (code {rc})")
 
 
 cdef class _Pool:
@@ -486,22 +522,55 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     cdef lf_cancel cancel
     raised = []
     d.cancel = _cancellable(&cancel, raised, interruptible)
+    cdef lf_forward_args a
+    a.blas = &_blas; a.dims = d
+    a.x = px; a.ldx = ldx; a.w_ih = pwih; a.w_hh = pwhh; a.b_ih = pbih; a.b_hh = pbhh
+    a.w_hr = pwhr; a.h0 = ph0; a.c0 = pc0; a.y = py; a.ldy = ldy; a.h_n = phn; a.c_n = pcn
+    a.gates = pg; a.aux = pa; a.work = pw; a.work_reused = reused
+    cdef lf_forward_fn *forward_fn = kern.forward_f64
     if dtype == np.float32:
-        with nogil:
-            rc = kern.forward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
-                                <float *>pbih, <float *>pbhh, <float *>pwhr, <float *>ph0,
-                                <float *>pc0, <float *>py, ldy, <float *>phn, <float *>pcn,
-                                <float *>pg, <float *>pa, <float *>pw, reused)
-    else:
-        with nogil:
-            rc = kern.forward_f64(&_blas, &d, <double *>px, ldx, <double *>pwih, <double *>pwhh,
-                                <double *>pbih, <double *>pbhh, <double *>pwhr, <double *>ph0,
-                                <double *>pc0, <double *>py, ldy, <double *>phn, <double *>pcn,
-                                <double *>pg, <double *>pa, <double *>pw, reused)
+        forward_fn = kern.forward_f32
+    with nogil:
+        rc = forward_fn(&a)
     _give_pool(pools, pool)
     _check_rc(rc, raised, "forward")
     _give_work(scratch, work, not training)
     return h_n, c_n, ((gates, aux) if training else None)
+
+
+def _reject(str field):
+    """Test hook: one LSTM step (T = B = I = H = 1, float32) through the selected variant's
+    forward and backward, with `field` (a name of lf_forward_args or lf_backward_args)
+    NULL and everything else valid: the binding's error for what the kernel returns."""
+    cdef lf_dims d
+    _dims(&d, 0, 1, 1, 1, 1, 1, False, None, 1)
+    arrays = {k: np.zeros(n, np.float32) for k, n in (
+        ("x", 1), ("w_ih", 4), ("w_hh", 4), ("h0", 1), ("c0", 1), ("y", 1), ("h_n", 1),
+        ("c_n", 1), ("gates", 4), ("aux", 1), ("dy", 1), ("dh_n", 1), ("dc_n", 1),
+        ("dx", 1), ("dh0", 1), ("dc0", 1), ("dw_ih", 4), ("dw_hh", 4))}
+    n = max(_k.forward_work_size_f32(&d, 1), _k.backward_work_size_f32(&d))
+    arrays["work"] = np.zeros(n + 64, np.float32)
+    def ptr(name):
+        return 0 if name == field else <size_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[name])
+    cdef lf_forward_args f
+    f.blas = &_blas; f.dims = d; f.x = <void *><size_t>ptr("x"); f.ldx = 1
+    f.w_ih = <void *><size_t>ptr("w_ih"); f.w_hh = <void *><size_t>ptr("w_hh")
+    f.b_ih = NULL; f.b_hh = NULL; f.w_hr = NULL; f.h0 = <void *><size_t>ptr("h0")
+    f.c0 = <void *><size_t>ptr("c0"); f.y = <void *><size_t>ptr("y"); f.ldy = 1
+    f.h_n = <void *><size_t>ptr("h_n"); f.c_n = <void *><size_t>ptr("c_n")
+    f.gates = <void *><size_t>ptr("gates"); f.aux = <void *><size_t>ptr("aux")
+    f.work = <void *><size_t>ptr("work"); f.work_reused = 0
+    _check_rc(_k.forward_f32(&f), [], "forward")
+    cdef lf_backward_args b
+    b.blas = &_blas; b.dims = d; b.x = f.x; b.ldx = 1; b.w_ih = f.w_ih; b.w_hh = f.w_hh
+    b.w_hr = NULL; b.h0 = f.h0; b.c0 = f.c0; b.y = f.y; b.ldy = 1; b.gates = f.gates
+    b.aux = f.aux; b.dy = <void *><size_t>ptr("dy"); b.lddy = 1
+    b.dh_n = <void *><size_t>ptr("dh_n"); b.dc_n = <void *><size_t>ptr("dc_n")
+    b.dx = <void *><size_t>ptr("dx"); b.lddx = 1; b.accumulate_dx = 0
+    b.dh0 = <void *><size_t>ptr("dh0"); b.dc0 = <void *><size_t>ptr("dc0")
+    b.dw_ih = <void *><size_t>ptr("dw_ih"); b.dw_hh = <void *><size_t>ptr("dw_hh")
+    b.db_ih = NULL; b.db_hh = NULL; b.dw_hr = NULL; b.dh_norms = NULL; b.work = f.work
+    _check_rc(_k.backward_f32(&b), [], "backward")
 
 
 def backward_weights(list calls, list committed):
@@ -616,25 +685,18 @@ def backward(int cell, x, w_ih, w_hh, w_hr, h0, c0, int T, lengths, bint reverse
     cdef lf_cancel cancel
     raised = []
     d.cancel = _cancellable(&cancel, raised, interruptible)
+    cdef lf_backward_args a
+    a.blas = &_blas; a.dims = d
+    a.x = px; a.ldx = ldx; a.w_ih = pwih; a.w_hh = pwhh; a.w_hr = pwhr; a.h0 = ph0
+    a.c0 = pc0; a.y = py; a.ldy = ldy; a.gates = pg; a.aux = pa; a.dy = pdy; a.lddy = lddy
+    a.dh_n = pdhn; a.dc_n = pdcn; a.dx = pdx; a.lddx = lddx; a.accumulate_dx = acc
+    a.dh0 = pdh0; a.dc0 = pdc0; a.dw_ih = pdwih; a.dw_hh = pdwhh; a.db_ih = pdbih
+    a.db_hh = pdbhh; a.dw_hr = pdwhr; a.dh_norms = <double *>pnorms; a.work = pw
+    cdef lf_backward_fn *backward_fn = kern.backward_f64
     if dtype == np.float32:
-        with nogil:
-            rc = kern.backward_f32(&_blas, &d, <float *>px, ldx, <float *>pwih, <float *>pwhh,
-                                 <float *>pwhr, <float *>ph0, <float *>pc0, <float *>py, ldy,
-                                 <float *>pg, <float *>pa, <float *>pdy, lddy, <float *>pdhn,
-                                 <float *>pdcn, <float *>pdx, lddx, acc, <float *>pdh0,
-                                 <float *>pdc0, <float *>pdwih, <float *>pdwhh,
-                                 <float *>pdbih, <float *>pdbhh, <float *>pdwhr,
-                                 <double *>pnorms, <float *>pw)
-    else:
-        with nogil:
-            rc = kern.backward_f64(&_blas, &d, <double *>px, ldx, <double *>pwih,
-                                 <double *>pwhh, <double *>pwhr, <double *>ph0,
-                                 <double *>pc0, <double *>py, ldy, <double *>pg,
-                                 <double *>pa, <double *>pdy, lddy, <double *>pdhn,
-                                 <double *>pdcn, <double *>pdx, lddx, acc, <double *>pdh0,
-                                 <double *>pdc0, <double *>pdwih, <double *>pdwhh,
-                                 <double *>pdbih, <double *>pdbhh, <double *>pdwhr,
-                                 <double *>pnorms, <double *>pw)
+        backward_fn = kern.backward_f32
+    with nogil:
+        rc = backward_fn(&a)
     _give_pool(pools, pool)
     _check_rc(rc, raised, "backward")
     if part == 1:

@@ -15,6 +15,7 @@ import ctypes
 import functools
 import os
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -122,7 +123,11 @@ def _plain(t):
 
 def _torch_must_run(tensors):
     """Whether torch.nn's own forward must run instead of the kernels."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    # torch.onnx is imported on first use (27 modules): an export has imported it
+    onnx = sys.modules.get("torch.onnx")
+    if onnx is not None and onnx.is_in_onnx_export():
         return True
     if torch.compiler.is_exporting():
         return True

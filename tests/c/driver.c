@@ -98,13 +98,14 @@ int main(void)
         const size_t bw = es == 4 ? k->backward_work_size_f32(&d) : k->backward_work_size_f64(&d);
         void *work = take((fw > bw ? fw : bw) * es);
         int rc;
-        /* the arrays are void *: one spelling of the calls serves both dtypes */
-#define RUN(fwd, bwd)                                                                     \
-    rc = k->fwd(&bl, &d, x, I, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, P, h_n, c_n, gates, \
-                aux, work, 0);                                                            \
-    if (rc == LF_OK)                                                                      \
-        rc = k->bwd(&bl, &d, x, I, w_ih, w_hh, w_hr, h0, c0, y, P, gates, aux, dy, P, dh_n, \
-                    dc_n, dx, I, 0, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, NULL, work);
+        lf_forward_args fa = {&bl, d, x, I, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, P, h_n,
+                              c_n, gates, aux, work, 0};
+        lf_backward_args ba = {&bl, d, x, I, w_ih, w_hh, w_hr, h0, c0, y, P, gates, aux,
+                               dy, P, dh_n, dc_n, dx, I, 0, dh0, dc0, dw_ih, dw_hh, db_ih,
+                               db_hh, dw_hr, NULL, work};
+#define RUN(fwd, bwd)              \
+    rc = k->fwd(&fa);              \
+    if (rc == LF_OK) rc = k->bwd(&ba);
         if (es == 4) {
             RUN(forward_f32, backward_f32)
         } else {
