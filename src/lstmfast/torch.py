@@ -264,12 +264,11 @@ def _torch_name(module):
                 if c.__module__ == "torch.nn.modules.rnn")
 
 
-class _RNNMixin:
-    """forward for LSTM, GRU and RNN: torch.nn's argument handling and checks, the
-    kernels for the recurrence."""
+class _KernelModule:
+    """What the layers' and the cells' forward share: the pickled state and the dtypes."""
 
-    # whether torch.nn's module returns the autocast dtype under CPU autocast (its LSTM
-    # and RNN compute in it; its GRU stays in float32)
+    # whether torch.nn's module returns the autocast dtype under CPU autocast (its LSTM,
+    # RNN and their cells compute in it; GRU and GRUCell stay in the input's dtype)
     _autocast_lowers = True
 
     def __getstate__(self):
@@ -277,6 +276,19 @@ class _RNNMixin:
         state = dict(super().__getstate__())
         state.pop("_lf_engines", None)
         return state
+
+    def _dtypes(self, dtype, input_dtype, autocast):
+        """(output dtype, work dtype) for weights of `dtype`: half precision runs in
+        float32 (the kernels' narrowest), casts tracked by autograd."""
+        out = dtype
+        if autocast is not None:
+            out = autocast if self._autocast_lowers else input_dtype
+        return out, torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+class _RNNMixin(_KernelModule):
+    """forward for LSTM, GRU and RNN: torch.nn's argument handling and checks, the
+    kernels for the recurrence."""
 
     def forward(self, input, hx=None):
         is_lstm = self.mode == "LSTM"
@@ -329,12 +341,7 @@ class _RNNMixin:
             if s.dtype != dtype and autocast is None:
                 raise RuntimeError(f"{name}: the initial state must have the weights' dtype "
                                    f"{dtype}, got {s.dtype}")
-        if autocast is not None:
-            out_dtype = autocast if self._autocast_lowers else input.dtype
-        else:
-            out_dtype = dtype
-        # half precision runs in float32 (the kernels' narrowest), casts tracked by autograd
-        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        out_dtype, work = self._dtypes(dtype, input.dtype, autocast)
         engine = _engine(self, work)
 
         if batch_sizes is None:
@@ -406,15 +413,8 @@ class RNN(_RNNMixin, torch.nn.RNN):
     """``torch.nn.RNN`` on lstmfast's kernels (CPU); nonlinearity "tanh" or "relu"."""
 
 
-class _CellMixin:
+class _CellMixin(_KernelModule):
     """forward for the cells: one step of a one-layer recurrence in the kernels."""
-
-    _autocast_lowers = True
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state.pop("_lf_engines", None)
-        return state
 
     @property
     def mode(self):  # the recurrence's kind, as the layers' torch.nn attribute
@@ -471,10 +471,7 @@ class _CellMixin:
             if t.dtype != dtype and autocast is None:
                 raise RuntimeError(f"{name}: {what} must have the weights' dtype {dtype}, "
                                    f"got {t.dtype}")
-        out_dtype = dtype
-        if autocast is not None:
-            out_dtype = autocast if self._autocast_lowers else input.dtype
-        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        out_dtype, work = self._dtypes(dtype, input.dtype, autocast)
         engine = _engine(self, work)
         names = ["weight_ih_l0", "weight_hh_l0"] + (
             ["bias_ih_l0", "bias_hh_l0"] if self.bias else [])
