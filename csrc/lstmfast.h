@@ -153,7 +153,9 @@ static inline int lf_aux_size(int cell, int H)
  *   inference the buffer then keeps the packed weights with a copy of the weights they
  *   were packed from: a call compares the weights with the copy (sequential reads) and
  *   packs again only where they differ, so a weight changed in place is always seen.
- *   A buffer another variant packed is packed again. */
+ *   work_reused == 2: the same, but the caller guarantees the weights have not changed
+ *   since the call that packed them (a frozen layer, whose weights are read-only): the
+ *   kept panels are used unchecked. A buffer another variant packed is packed again. */
 typedef struct {
     const lf_blas *blas;
     lf_dims dims;

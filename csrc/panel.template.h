@@ -186,9 +186,12 @@ static void FN(pack)(FN(panels) *pk, int p0, int p1)
 
 /* Pack panels [p0, p1), or leave them when copy (the ncols x K weights they were packed
  * from, or NULL: no copy kept) still equals pk->w on every source row: comparing reads
- * W and the copy in order, packing reads W across rows and writes the panels. */
+ * W and the copy in order, packing reads W across rows and writes the panels. reuse:
+ * 0, the panels are not from an earlier call; 1, they are; 2, they are and W has not
+ * changed since (lf_forward_args.work_reused), so they are left unchecked. */
 static void FN(pack_cached)(FN(panels) *pk, TYPE *copy, int p0, int p1, int reuse)
 {
+    if (reuse == 2 && copy) return;
     if (!copy) {
         FN(pack)(pk, p0, p1);
         return;

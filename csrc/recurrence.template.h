@@ -287,7 +287,7 @@ typedef struct {
     TYPE *bx, *bh, *gh, *m, *ghn, *gbuf;
     FN(panels) pw, pr, pi;
     TYPE *cw, *cr, *ci;   /* copies of the weights the panels hold, or NULL */
-    int reuse;            /* the panels and copies are from an earlier call */
+    int reuse;            /* the panels and copies are from an earlier call: pack_cached */
     int stop;             /* set by thread 0 when the caller cancels: all leave */
     double next_poll;
     lf_team team;
@@ -461,7 +461,7 @@ static int FN(forward)(const lf_blas *bl, const lf_dims *d,
      * may overwrite them */
     unsigned *header = (unsigned *)w;
     const unsigned signature = FN(panels_signature)(d, training);
-    c.reuse = work_reused && signature && header[0] == signature;
+    c.reuse = work_reused && signature && header[0] == signature ? work_reused : 0;
     header[0] = 0;
     w += LF_WORK_HEADER / sizeof(TYPE);
     const int packed = FN(use_panels)(d), keep = FN(keeps_panels)(d, training);

@@ -116,3 +116,70 @@ def test_copies_and_pickles_leave_the_buffers_out():
         np.testing.assert_array_equal(twin(x)[0], want)
         twin.params["weight_hh_l0"] *= 2  # the twin's weights are its own
         np.testing.assert_array_equal(m(x)[0], want)
+
+
+@pytest.mark.parametrize("kind,proj", CASES, ids=[f"{k}-proj{p}" for k, p in CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_frozen_copy_equals_the_layer_and_ignores_its_later_changes(kind, proj, dtype):
+    """freeze(): the kept panels are used unchecked, so the copy must be one nobody
+    changes: its weights are its own, read-only; the layer it came from moves on."""
+    rng = np.random.default_rng(3)
+    m = _layer(kind, proj, dtype).eval()
+    x = rng.standard_normal((SHAPES["T"], SHAPES["B"], SHAPES["I"])).astype(dtype)
+    lengths = np.array([7, 5, 2])
+    frozen = m.freeze()
+    want, want_len = m(x)[0], m(x, lengths=lengths)[0]
+    for _ in range(2):  # the first call packs, the second uses the packed weights
+        np.testing.assert_array_equal(frozen(x)[0], want)
+        np.testing.assert_array_equal(frozen(x, lengths=lengths)[0], want_len)
+    for w in m.params.values():
+        w += dtype(0.25)
+    assert not np.array_equal(m(x)[0], want)
+    np.testing.assert_array_equal(frozen(x)[0], want)
+    for name, w in frozen.params.items():
+        with pytest.raises(ValueError, match="read-only"):
+            w[...] = 0
+        assert not np.shares_memory(w, m.params[name])
+
+
+def test_frozen_copy_refuses_training_and_loading():
+    m = _layer("lstm", 0, np.float32)
+    frozen = m.freeze()
+    assert m.training and not frozen.training
+    with pytest.raises(RuntimeError, match="frozen"):
+        frozen.train()
+    with pytest.raises(RuntimeError, match="frozen"):
+        frozen.load_state_dict(m.state_dict())
+    frozen.eval()  # still allowed: it is already in eval mode
+
+
+def test_frozen_copy_with_its_weights_made_writable_again_checks_them():
+    """Whoever undoes the read-only flag and writes gets the new weights' output: the
+    packed weights are trusted only while every parameter is the frozen one, read-only."""
+    rng = np.random.default_rng(4)
+    m = _layer("gru", 0, np.float64)
+    x = rng.standard_normal((SHAPES["T"], SHAPES["B"], SHAPES["I"]))
+    frozen = m.freeze()
+    frozen(x)
+    w = frozen.params["weight_hh_l0"]
+    w.flags.writeable = True
+    w[0, 0] += 1.0
+    np.testing.assert_array_equal(frozen(x)[0], _fresh_output(frozen, x))
+    frozen.params["weight_ih_l1"] = frozen.params["weight_ih_l1"] * 2  # a new array
+    np.testing.assert_array_equal(frozen(x)[0], _fresh_output(frozen, x))
+
+
+def test_frozen_copy_survives_pickling_and_copies():
+    import copy
+    import pickle
+    rng = np.random.default_rng(5)
+    m = _layer("lstm", 17, np.float32)
+    x = rng.standard_normal((SHAPES["T"], SHAPES["B"], SHAPES["I"])).astype(np.float32)
+    frozen = m.freeze()
+    want = frozen(x)[0]
+    for twin in (pickle.loads(pickle.dumps(frozen)), copy.deepcopy(frozen)):
+        assert all(not p.flags.writeable for p in twin.params.values())
+        with pytest.raises(RuntimeError, match="frozen"):
+            twin.train()
+        np.testing.assert_array_equal(twin(x)[0], want)
+        np.testing.assert_array_equal(twin(x)[0], want)

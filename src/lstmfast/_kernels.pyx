@@ -451,7 +451,7 @@ cdef _give_work(list scratch, object work, bint any_size):
 
 def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
             bint reverse, bint training, y, Py_ssize_t y_col, int threads=1,
-            list scratch=None, list pools=None, bint interruptible=True):
+            list scratch=None, list pools=None, bint interruptible=True, bint frozen=False):
     """One direction of one layer.
 
     x [N, I] packed; w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or None; w_hr [P, H]
@@ -462,6 +462,8 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     caller keeps for the layer, which holds its helper threads between calls;
     interruptible: in the main thread, Python's signal handlers run every ~20 ms of a
     long call, and an exception they raise (Ctrl-C's KeyboardInterrupt) stops it.
+    frozen: the weights have not changed since the call that left its packed weights in
+    scratch (they are read-only): those are used without comparing the weights again.
     Returns (h_n [B, P], c_n [B, H] or None, cache); cache is None unless training.
     """
     if not isinstance(x, np.ndarray) or x.ndim != 2:
@@ -526,7 +528,7 @@ def forward(int cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, int T, lengths,
     a.blas = &_blas; a.dims = d
     a.x = px; a.ldx = ldx; a.w_ih = pwih; a.w_hh = pwhh; a.b_ih = pbih; a.b_hh = pbhh
     a.w_hr = pwhr; a.h0 = ph0; a.c0 = pc0; a.y = py; a.ldy = ldy; a.h_n = phn; a.c_n = pcn
-    a.gates = pg; a.aux = pa; a.work = pw; a.work_reused = reused
+    a.gates = pg; a.aux = pa; a.work = pw; a.work_reused = reused * (2 if frozen else 1)
     cdef lf_forward_fn *forward_fn = kern.forward_f64
     if dtype == np.float32:
         forward_fn = kern.forward_f32

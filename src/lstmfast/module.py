@@ -78,10 +78,23 @@ class Module:
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
 
+    # A frozen module (freeze()): {name: array} of its read-only parameters, else None.
+    _frozen: Optional[Dict[str, np.ndarray]] = None
+
+    def _frozen_message(self, what):
+        return (f"this {type(self).__name__} is frozen (made by freeze(), for inference "
+                f"only) and {what}: change the module it was frozen from, and freeze it "
+                f"again")
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_busy", None)  # a lock: not picklable, and not the copy's
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for p in (self._frozen or {}).values():  # a copy or unpickled frozen module
+            p.flags.writeable = False
 
     @contextlib.contextmanager
     def _training_call(self):
@@ -142,6 +155,8 @@ class Module:
         """Training mode (forward keeps the cache for backward) or, with False, eval."""
         if not isinstance(mode, (bool, np.bool_)):  # train("False") would mean training
             raise ValueError(f"training mode is expected to be a bool, got {mode!r}")
+        if mode and self._frozen:
+            raise RuntimeError(self._frozen_message("cannot train"))
         self.training = bool(mode)
         return self
 
@@ -164,6 +179,8 @@ class Module:
         """
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        if self._frozen:
+            raise RuntimeError(self._frozen_message("cannot load a state_dict"))
         missing = sorted(set(self.params) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(self.params), key=str)
         if strict and (missing or unexpected):

@@ -173,6 +173,8 @@ class Lstmfast(Peer):
         self.m = cls(problem.I, problem.H, dtype=problem.dtype, seed=0, **kw)
         self.m.load_state_dict(problem.params)
         self.m.train(mode == "train")
+        if mode == "infer":  # packed once, as onnxruntime's session (see LSTM.freeze)
+            self.m = self.m.freeze()
         self.x, self.dy = problem.x, problem.dy
 
     def infer(self):
