@@ -125,6 +125,12 @@ static int lf_carried(const lf_dims *d, int s, int t, int nb, ptrdiff_t off,
     return nb < nprev ? nb : nprev;
 }
 
+/* Rows [b0, b1) of the first n, counted from b0: a thread's window of a step's rows. */
+static inline int lf_window(int n, int b0, int b1)
+{
+    return (n < b0 ? b0 : n > b1 ? b1 : n) - b0;
+}
+
 /* Where the packed rows of the first step in the forward's order begin. */
 static ptrdiff_t lf_first_offset(const lf_dims *d)
 {

@@ -196,6 +196,31 @@ def test_eval_forward_over_several_chunks(mode, with_lengths, dtype):
         assert_close(c_n, ref["c_n"], rtol, "c_n")
 
 
+# Inference whose step has fewer chunks of units than threads (32 units of an LSTM or
+# GRU, 64 of an RNN) splits the batch: each thread runs its own rows (8 and 8 with 2
+# threads) through every step of a chunk of steps (B = 16: 32 steps, so T = 40 makes two
+# chunks); lengths make a thread's rows run out before the other's, and in reverse start
+# late.
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_eval_forward_with_the_batch_split_between_threads(mode, dtype):
+    lengths = (40, 40, 39, 17, 12, 40, 3, 1, 25, 40, 8, 33, 2, 40, 21, 5)
+    case = Case(mode, 2, True, T=40, B=16, I=5, H=64 if mode.startswith("rnn") else 32,
+                lengths=lengths, with_state=True, proj_size=20 if mode == "lstm_proj" else 0)
+    prob, ref = problem_and_oracle(case)
+    m = make_layer(case, dtype).eval()
+    m.load_state_dict(prob["params"])
+    with lstmfast.threads.thread_limit(2):
+        y, state = m(prob["x"], layer_state(case, prob), prob["lengths"])
+    h_n, c_n = state if case.is_lstm else (state, None)
+    rtol = RTOL[dtype]
+    assert_close(y, ref["y"], rtol, "y")
+    assert_close(h_n, ref["h_n"], rtol, "h_n")
+    if case.is_lstm:
+        assert_close(c_n, ref["c_n"], rtol, "c_n")
+
+
 # ---------------------------------------------------------------------------------------------
 # dstate: None, or either element None, means zero
 # ---------------------------------------------------------------------------------------------
