@@ -183,11 +183,17 @@ def test_eval_forward_over_several_chunks(mode, with_lengths, dtype):
     lengths = None
     if with_lengths:
         lengths = tuple(int(v) for v in np.random.default_rng(SEED).integers(1, T + 1, B))
-    case = Case(mode, 2, True, T=T, B=B, I=3, H=3, lengths=lengths, with_state=True)
+    _check_eval_forward(Case(mode, 2, True, T=T, B=B, I=3, H=3, lengths=lengths,
+                             with_state=True), dtype)
+
+
+def _check_eval_forward(case, dtype, threads=None):
+    """An eval-mode layer's output and final state against the oracle's."""
     prob, ref = problem_and_oracle(case)
     m = make_layer(case, dtype).eval()
     m.load_state_dict(prob["params"])
-    y, state = m(prob["x"], layer_state(case, prob), prob["lengths"])
+    with lstmfast.threads.thread_limit(threads):
+        y, state = m(prob["x"], layer_state(case, prob), prob["lengths"])
     h_n, c_n = state if case.is_lstm else (state, None)
     rtol = RTOL[dtype]
     assert_close(y, ref["y"], rtol, "y")
@@ -208,17 +214,7 @@ def test_eval_forward_with_the_batch_split_between_threads(mode, dtype):
     lengths = (40, 40, 39, 17, 12, 40, 3, 1, 25, 40, 8, 33, 2, 40, 21, 5)
     case = Case(mode, 2, True, T=40, B=16, I=5, H=64 if mode.startswith("rnn") else 32,
                 lengths=lengths, with_state=True, proj_size=20 if mode == "lstm_proj" else 0)
-    prob, ref = problem_and_oracle(case)
-    m = make_layer(case, dtype).eval()
-    m.load_state_dict(prob["params"])
-    with lstmfast.threads.thread_limit(2):
-        y, state = m(prob["x"], layer_state(case, prob), prob["lengths"])
-    h_n, c_n = state if case.is_lstm else (state, None)
-    rtol = RTOL[dtype]
-    assert_close(y, ref["y"], rtol, "y")
-    assert_close(h_n, ref["h_n"], rtol, "h_n")
-    if case.is_lstm:
-        assert_close(c_n, ref["c_n"], rtol, "c_n")
+    _check_eval_forward(case, dtype, threads=2)
 
 
 # ---------------------------------------------------------------------------------------------
