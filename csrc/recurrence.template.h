@@ -19,8 +19,8 @@
  *
  * Threads: the work of a forward step goes in chunks of panels (hidden units), each
  * thread taking its own chunks first and then any not yet started; the backward's is
- * split by units. One spin barrier per step (two with a projection). Inference with a
- * small recurrent GEMM splits the batch instead (split_batch): no barrier per step. The
+ * split by units. One spin barrier per step (two with a projection). Inference with
+ * fewer chunks of units than threads splits the batch instead (split_batch). The
  * BLAS GEMMs are split by rows, each thread calling BLAS held at one thread (blas.c), so
  * no BLAS worker competes with ours for the cores. Every output element is computed by
  * one thread in a fixed order: results depend on the thread count only through the BLAS
@@ -307,7 +307,7 @@ typedef struct {
     FN(panels) pw, pr, pi;
     TYPE *cw, *cr, *ci;   /* copies of the weights the panels hold, or NULL */
     int reuse;            /* the panels and copies are from an earlier call: pack_cached */
-    int stop;             /* set by thread 0 when the caller cancels: s + 1, all leave after step s */
+    int stop;             /* thread 0's cancel: s + 1, every thread leaves after step s */
     int split;            /* each thread runs every step for its own rows: split_batch */
     double next_poll;
     lf_team team;
