@@ -426,7 +426,7 @@ static void FN(fwd_worker)(void *arg, int tid)
                                                                        : c->pw.npanels;
                 int a0, a1;
                 FN(panel_units)(&c->pw, pc, pe, &a0, &a1);
-                if (project && c->pi.data && !c->split)  /* the input's part of these units' gates */
+                if (project && c->pi.data && !c->split)  /* the input's part of their gates */
                     FN(panel_gemm)(&c->pi, pc, pe, (int)rows, I, c->x + chunk0 * ldx, ldx,
                                    NULL, 0, FN(chunk_gates)(c, chunk0), GH, 0);
                 FN(step_gemm)(c->bl, &c->pw, pc, pe, carried, P, hp, ldy, NULL, 0, rec, GH,
