@@ -35,10 +35,11 @@ def test_thread_counts_agree(restore_threads, kind, kw):
     one = _run(kind, 1, np.float64, **kw)
     for threads in (2, 3):
         many = _run(kind, threads, np.float64, **kw)
-        # the forward (narrow input: no BLAS) computes every element the same way
-        # whichever thread takes its chunk of units
+        # the training forward (narrow input: no BLAS) computes every element the same
+        # way whichever thread takes its chunk of units; inference at this H (80: chunks
+        # of 32 units do not share out evenly) splits the batch between the threads,
+        # whose row tiles then differ (rounding only, checked below)
         np.testing.assert_array_equal(one[0], many[0])
-        np.testing.assert_array_equal(one[2], many[2])
         for a, b in zip(one, many):
             # float64; only the BLAS row split differs between thread counts
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
