@@ -15,6 +15,16 @@ import lstmfast
 LATENCY = 0.5  # s from the signal to the exception: the kernels poll every 20 ms
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Python's own SIGINT handler, whatever the process started with: a process started
+    in the background of a shell without job control ignores SIGINT, and Python then
+    leaves it ignored (no KeyboardInterrupt)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def _interrupt_after(delay, sig=signal.SIGINT):
     """Send sig to this process after delay seconds; returns a list that receives the
     time it was sent."""
