@@ -310,7 +310,7 @@ typedef struct {
     FN(panels) pw, pr, pi;
     TYPE *cw, *cr, *ci;   /* copies of the weights the panels hold, or NULL */
     int reuse;            /* the panels and copies are from an earlier call: pack_cached */
-    int stop;             /* thread 0's cancel: s + 1, every thread leaves after step s */
+    int stop;             /* thread 0's cancel, named for a barrier: lf_team_stops */
     int split;            /* each thread runs every step for its own rows: split_batch */
     double next_poll;
     lf_team team;
@@ -373,12 +373,10 @@ static void FN(fwd_worker)(void *arg, int tid)
             rows = 0;
             for (int k = 0; k < steps; k++) rows += lf_active(d, d->reverse ? t - k : t + k);
             chunk0 = d->reverse ? off + nb - rows : off;
-            if (c->split && s > 0) {  /* every thread is done with the last chunk's gates */
-                if (tid == 0 && lf_should_stop(d->cancel, &c->next_poll))
-                    __atomic_store_n(&c->stop, s + 1, __ATOMIC_RELAXED);
-                lf_barrier_wait(&c->team);
-                if (__atomic_load_n(&c->stop, __ATOMIC_RELAXED) == s + 1) return;
-            }
+            /* every thread is done with the last chunk's gates; a split batch stops here */
+            if (c->split && s > 0 &&
+                lf_team_stops(&c->team, &c->stop, s, tid, d->cancel, &c->next_poll))
+                return;
             int r0, r1;  /* with a split batch, the chunk's rows split between threads */
             lf_split((int)rows, nt, tid, &r0, &r1);
             if (c->split)
@@ -468,14 +466,8 @@ static void FN(fwd_worker)(void *arg, int tid)
             FN(copy_cols)(nb_w - end0, v0, v1, yt + (size_t)end0 * ldy, ldy,
                           h_n + (size_t)end0 * P, P);
         }
-        /* the step whose end stops every thread (a late reader must not take thread 0's
-         * decision at a later step for this one); with a split batch, at a chunk's end */
-        if (!c->split) {
-            if (tid == 0 && lf_should_stop(d->cancel, &c->next_poll))
-                __atomic_store_n(&c->stop, s + 1, __ATOMIC_RELAXED);
-            lf_barrier_wait(&c->team);
-            if (__atomic_load_n(&c->stop, __ATOMIC_RELAXED) == s + 1) return;
-        }
+        if (!c->split && lf_team_stops(&c->team, &c->stop, s, tid, d->cancel, &c->next_poll))
+            return;
         off = lf_next_offset(d, t, nb, off);
     }
 }
@@ -695,10 +687,7 @@ static void FN(bwd_worker)(void *arg, int tid)
         }
         if (c->db_ih || c->db_hh)
             FN(add_bias_grads)(c, nb, g, auxt, u0, u1);
-        if (tid == 0 && lf_should_stop(d->cancel, &c->next_poll))  /* as in fwd_worker */
-            __atomic_store_n(&c->stop, s + 1, __ATOMIC_RELAXED);
-        lf_barrier_wait(&c->team);
-        if (__atomic_load_n(&c->stop, __ATOMIC_RELAXED) == s + 1) return;
+        if (lf_team_stops(&c->team, &c->stop, s, tid, d->cancel, &c->next_poll)) return;
         /* dh_{t-1} = dG_hh W_hh (+ the GRU's direct path z * dh_t, left in dh) */
         FN(step_gemm)(c->bl, &c->pb, p0, p1, nb, split, g, GH, split < GH ? auxt : NULL, H,
                       dh, P, gru);

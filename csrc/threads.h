@@ -80,6 +80,19 @@ static inline int lf_should_stop(const lf_cancel *cancel, double *next)
     return cancel->poll(cancel->arg) != 0;
 }
 
+/* Whether every thread of the team leaves at this barrier, the one after step s: thread
+ * 0 polls the caller's cancel before it and, to stop, sets *stop to s + 1, which every
+ * thread reads after it. The step is named so that a thread that reads *stop late (held
+ * up past thread 0's next poll) cannot take a decision for a later barrier for this one
+ * and leave thread 0 waiting there. s >= 0, distinct for each barrier of a call. */
+static inline int lf_team_stops(lf_team *tm, int *stop, int s, int tid,
+                                const lf_cancel *cancel, double *next)
+{
+    if (tid == 0 && lf_should_stop(cancel, next)) __atomic_store_n(stop, s + 1, __ATOMIC_RELAXED);
+    lf_barrier_wait(tm);
+    return __atomic_load_n(stop, __ATOMIC_RELAXED) == s + 1;
+}
+
 /* Run fn(ctx, tid) on up to `want` threads, the caller being thread 0: the pool's
  * helpers, else threads started for this call. team->n is the number that really run,
  * fixed before any of them starts (a thread that cannot be created is simply absent).
