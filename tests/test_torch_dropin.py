@@ -349,6 +349,70 @@ def test_jit_trace_matches(kind):
     torch.testing.assert_close(traced(x)[0], ours(x)[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("strict", [False, True], ids=["nonstrict", "strict"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_torch_export_traces_torch_operator(kind, strict):
+    """torch.export, strict (dynamo) or not: the program holds aten's RNN operator (the
+    kernels cannot be traced) and computes the module's output."""
+    ours, _ = _pair(kind, {}, dtype=torch.float32, num_layers=2)
+    ours.eval()
+    x = torch.randn(5, 3, 4)
+    program = torch.export.export(ours, (x,), strict=strict)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any(kind.lower() in t for t in targets), targets
+    torch.testing.assert_close(program.module()(x)[0], ours(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_breaks_the_graph_once_per_module():
+    """torch.compile of a model holding drop-ins of five sizes and the cells: torch.nn's
+    losses and gradients, with dynamo compiling none of the drop-ins' own code (traced,
+    their argument handling was recompiled for every module's shapes, hit dynamo's
+    recompile limit and tripled a small model's step time)."""
+    import logging
+
+    from torch._dynamo.utils import counters
+
+    class Stack(torch.nn.Module):
+        def __init__(self, mod):
+            super().__init__()
+            self.rnns = torch.nn.ModuleList(
+                [mod.LSTM(4 + i, 5 + i, num_layers=1 + i % 2) for i in range(4)]
+                + [mod.GRU(8, 6, bidirectional=True)])
+            self.cell = mod.LSTMCell(12, 3)
+
+        def forward(self, x):
+            for rnn in self.rnns:
+                x = rnn(x)[0]
+            return self.cell(x[-1])[0].sum() + x.square().sum()
+
+    torch.manual_seed(0)
+    ref = Stack(torch.nn).double()
+    ours = Stack(lt).double()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(handler)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        compiled = torch.compile(ours)
+        for _ in range(2):
+            ours.zero_grad()
+            loss = compiled(x)
+            loss.backward()
+    finally:
+        logger.removeHandler(handler)
+    ref(x).backward()
+    torch.testing.assert_close(loss, ref(x), rtol=1e-12, atol=0)
+    for (n, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=n)
+    assert not records, [r.getMessage() for r in records]
+    assert counters["frames"]["total"] <= 3, dict(counters["frames"])
+
+
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_onnx_export_emits_the_standard_operator(kind, dynamo, tmp_path):

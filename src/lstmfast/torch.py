@@ -264,6 +264,11 @@ def _torch_name(module):
                 if c.__module__ == "torch.nn.modules.rnn")
 
 
+@torch.compiler.disable
+def _outside_dynamo(fn, *args):
+    return fn(*args)
+
+
 class _KernelModule:
     """What the layers' and the cells' forward share: the pickled state and the dtypes."""
 
@@ -276,6 +281,15 @@ class _KernelModule:
         state = dict(super().__getstate__())
         state.pop("_lf_engines", None)
         return state
+
+    def forward(self, input, hx=None):
+        if torch.compiler.is_exporting():  # torch.nn's forward, traced (_torch_must_run)
+            return self._forward(input, hx)
+        # torch.compile breaks the graph at an RNN module ("Dynamo does not support RNN,
+        # GRU, or LSTM") and would then trace this forward's pieces between the kernels'
+        # opaque calls, recompiling them for every module's shapes (its limit of 8 was hit
+        # in a model with a few drop-ins) and checking their guards on every call
+        return _outside_dynamo(self._forward, input, hx)
 
     def _dtypes(self, dtype, input_dtype, autocast):
         """(output dtype, work dtype) for weights of `dtype`: half precision runs in
@@ -290,12 +304,12 @@ class _RNNMixin(_KernelModule):
     """forward for LSTM, GRU and RNN: torch.nn's argument handling and checks, the
     kernels for the recurrence."""
 
-    def forward(self, input, hx=None):
+    def _forward(self, input, hx=None):
         is_lstm = self.mode == "LSTM"
         hxs = (hx if isinstance(hx, (tuple, list)) else [hx]) if hx is not None else []
         if _torch_must_run([input if not isinstance(input, PackedSequence) else input.data,
                             *hxs, *self._flat_weights]):
-            return super().forward(input, hx)
+            return super(_KernelModule, self).forward(input, hx)  # torch.nn's
         self._update_flat_weights()
         name = _torch_name(self)
         orig_input = input
@@ -427,14 +441,14 @@ class _CellMixin(_KernelModule):
     # for the engine, a cell is a one-layer, one-direction recurrence
     num_layers, bidirectional = 1, False
 
-    def forward(self, input, hx=None):
+    def _forward(self, input, hx=None):
         is_lstm = isinstance(self, torch.nn.LSTMCell)
         name = _torch_name(self)
         hxs = (list(hx) if is_lstm else [hx]) if hx is not None else []
         weights = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
         if _torch_must_run([input, *hxs, *weights]):
-            return super().forward(input, hx)
+            return super(_KernelModule, self).forward(input, hx)  # torch.nn's
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D "
                              f"instead")
