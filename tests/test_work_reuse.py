@@ -144,7 +144,11 @@ def test_frozen_copy_equals_the_layer_and_ignores_its_later_changes(kind, proj, 
 
 def test_frozen_copy_refuses_training_and_loading():
     m = _layer("lstm", 0, np.float32)
+    x = np.ones((SHAPES["T"], SHAPES["B"], SHAPES["I"]), np.float32)
+    m.backward(np.ones_like(m(x)[0]))  # the layer has gradients; the copy starts at zero
     frozen = m.freeze()
+    for name, g in frozen.grads.items():
+        assert not g.any() and m.grads[name].any() and not np.shares_memory(g, m.grads[name])
     assert m.training and not frozen.training
     with pytest.raises(RuntimeError, match="frozen"):
         frozen.train()

@@ -221,9 +221,10 @@ class _RNNBase(Module):
         every call that its weights have not changed since it packed them, which reads
         them all (measured: a third of a call at T=25, batch 1, H=512). The copy does not
         follow later changes to this layer; it cannot train or load a state_dict."""
-        twin = copy.deepcopy(self)
+        # fresh zeros for the gradients (never touched) rather than copies of them
+        memo = {id(g): np.zeros_like(g) for g in self.grads.values()}
+        twin = copy.deepcopy(self, memo)
         twin.eval()
-        twin.grads = {k: np.zeros_like(p) for k, p in twin.params.items()}  # not touched
         twin._frozen = dict(twin.params)
         for p in twin.params.values():
             p.flags.writeable = False
