@@ -187,3 +187,38 @@ def test_frozen_copy_survives_pickling_and_copies():
             twin.train()
         np.testing.assert_array_equal(twin(x)[0], want)
         np.testing.assert_array_equal(twin(x)[0], want)
+
+
+def test_inference_reads_the_input_in_place_and_training_keeps_its_own_copy():
+    """An inference call reads x while it runs and copies none of it (a read-only x
+    works; the call's peak allocation stays below x's size); a training call keeps a
+    copy for its backward, so that changing x in between changes nothing."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    m = lstmfast.LSTM(512, 2, seed=0)
+    x = rng.standard_normal((200, 8, 512)).astype(np.float32)
+    want = m.eval()(x.copy())[0]
+    ro = x.copy()
+    ro.flags.writeable = False
+    m(ro)  # warm: the kept work buffer
+    tracemalloc.start()
+    try:
+        got = m(ro)[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, want)
+    assert peak < x.nbytes / 4, (peak, x.nbytes)
+
+    m.train()
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    m(x)
+    m.backward(dy)
+    grads = {k: g.copy() for k, g in m.grads.items()}
+    m.zero_grad()
+    m(x)
+    x[...] = 0
+    m.backward(dy)
+    for k, g in m.grads.items():
+        np.testing.assert_array_equal(g, grads[k], err_msg=k)

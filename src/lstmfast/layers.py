@@ -103,10 +103,14 @@ class _Packing:
         self.rows = int(batch_sizes.sum())
         return self
 
-    def pack(self, a):
-        """[T, B, F] -> [N, F], a new contiguous array (the caller's may change later)."""
+    def pack(self, a, copy=True):
+        """[T, B, F] -> [N, F], contiguous: a new array when copy (a training call's cache
+        keeps it, and the caller's may change later), else a view where one will do (an
+        inference call reads it only while it runs)."""
         flat = a.reshape(self.T * self.B, a.shape[2])
-        return np.array(flat, order="C") if self.index is None else flat[self.index]
+        if self.index is not None:
+            return flat[self.index]
+        return np.array(flat, order="C") if copy else np.ascontiguousarray(flat)
 
     def unpack(self, p):
         """[N, F] -> [T, B, F], zero past each sequence's length."""
@@ -362,8 +366,8 @@ class _RNNBase(Module):
         init = [pack.sort_batch(s) for s in self._initial_state(state, B)]
 
         draw_mask = self._draw_mask if self.training and self.dropout > 0 else None
-        out, finals, layers = self._forward_packed(pack.pack(x), init, pack, self.training,
-                                                   draw_mask)
+        out, finals, layers = self._forward_packed(pack.pack(x, copy=self.training), init,
+                                                   pack, self.training, draw_mask)
         out = self._time_major(pack.unpack(out))
         if self.training and pack.index is None:
             # the caller gets its own array: backward reads the cached output as h_{t-1}
