@@ -590,3 +590,24 @@ def test_numpy_api_threads_follow_omp_num_threads_and_cgroup_quota(tmp_path):
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert _cgroup_cpu_quota(str(v1)) == 1
+
+
+def test_numpy_api_reads_the_cgroup_quota_once_a_second(monkeypatch):
+    """get_num_threads, asked on every kernel call, applies the container's quota but
+    reads its files again only after a second (they took ~100 us a call)."""
+    from lstmfast import threads
+
+    reads, clock = [], [1000.0]
+    monkeypatch.setattr(threads, "_requested", None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_quota_read", (-float("inf"), None))
+    monkeypatch.setattr(threads, "_cgroup_cpu_quota", lambda: reads.append(1) or 1)
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    assert [threads.get_num_threads() for _ in range(50)] == [1] * 50
+    assert len(reads) == 1
+    clock[0] += 0.5
+    threads.get_num_threads()
+    assert len(reads) == 1
+    clock[0] += 0.6
+    assert threads.get_num_threads() == 1
+    assert len(reads) == 2

@@ -5,7 +5,8 @@ import contextlib
 import math
 import operator
 import os
-from typing import Iterator, Optional
+import time
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -62,8 +63,25 @@ def get_num_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
+    quota = _cpu_quota()
     return max(1, min(cores, quota)) if quota else cores
+
+
+# The container's quota, as last read and when (time.monotonic()): reading the cgroup's
+# files took ~100 us, half of a small inference call when done on every call, and the
+# quota changes rarely (`docker update`); so it is read again after a second.
+_QUOTA_TTL = 1.0
+_quota_read: Tuple[float, Optional[int]] = (-math.inf, None)
+
+
+def _cpu_quota() -> Optional[int]:
+    global _quota_read
+    when, quota = _quota_read
+    now = time.monotonic()
+    if not now - when < _QUOTA_TTL:
+        quota = _cgroup_cpu_quota()
+        _quota_read = (now, quota)
+    return quota
 
 
 def _cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> Optional[int]:
