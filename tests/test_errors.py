@@ -410,3 +410,36 @@ def test_kernel_rejections_name_the_field(field):
                                            rf"\(code -1\d\d\)"):
         _kernels._reject(field)
     _kernels._reject("")  # nothing NULL: both calls succeed
+
+
+def test_kernel_outputs_sharing_memory_with_inputs_are_refused():
+    """The binding refuses an output that overlaps an input or another output (the
+    kernels would read what they have overwritten), by the bytes the arrays span; arrays
+    side by side in one buffer are fine."""
+    from lstmfast import _kernels
+
+    T, B, I, H = 3, 2, 4, 5
+    N = T * B
+    rng = np.random.default_rng(0)
+    w_ih, w_hh = rng.standard_normal((4 * H, I)), rng.standard_normal((4 * H, H))
+    h0, c0 = np.zeros((B, H)), np.zeros((B, H))
+    x = rng.standard_normal((N, I))
+
+    def run(x, y, y_col=0, h0=h0):
+        return _kernels.forward(0, x, w_ih, w_hh, None, None, None, h0, c0, T, None,
+                                False, False, y, y_col)
+
+    want = run(x, np.zeros((N, H)))[0]
+    flat = np.zeros(N * I + N * H + 1)
+    for shift, refused in [(-1, True), (0, False), (1, False)]:  # y ends/starts at x's edge
+        xs = flat[:N * I].reshape(N, I)
+        xs[...] = x
+        ys = flat[N * I + shift:N * I + shift + N * H].reshape(N, H)
+        if refused:
+            with pytest.raises(ValueError, match="y must not share memory with x"):
+                run(xs, ys)
+        else:
+            np.testing.assert_array_equal(run(xs, ys)[0], want)
+    wide = np.zeros((N, H + 3))  # y in columns 3.. of a wider array whose first row is h0
+    with pytest.raises(ValueError, match="y must not share memory with h0"):
+        run(x, wide, 3, h0=wide.reshape(-1)[:B * H].reshape(B, H))

@@ -288,10 +288,39 @@ cdef char *_cols(object a, object dtype, Py_ssize_t rows, Py_ssize_t col, Py_ssi
     return p + col * itemsize
 
 
+cdef bint _extent(object a, Py_ssize_t *lo, Py_ssize_t *hi):
+    """[lo, hi), the bytes array a's elements span, or False for no element: the
+    bounds np.may_share_memory compares (it costs ~0.3 us a call from here, and a
+    backward checks ~150 pairs)."""
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef Py_ssize_t low = 0, high = 0, ext
+    cdef int k
+    if cnp.PyArray_SIZE(arr) == 0:
+        return False
+    for k in range(cnp.PyArray_NDIM(arr)):
+        ext = cnp.PyArray_STRIDE(arr, k) * (cnp.PyArray_DIM(arr, k) - 1)
+        if ext < 0:
+            low += ext
+        else:
+            high += ext
+    lo[0] = <Py_ssize_t>cnp.PyArray_DATA(arr) + low
+    hi[0] = <Py_ssize_t>cnp.PyArray_DATA(arr) + high + cnp.PyArray_ITEMSIZE(arr)
+    return True
+
+
+cdef bint _may_overlap(object a, object b) except -1:
+    cdef Py_ssize_t alo, ahi, blo, bhi
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return np.may_share_memory(a, b)
+    if not (_extent(a, &alo, &ahi) and _extent(b, &blo, &bhi)):
+        return False
+    return alo < bhi and blo < ahi
+
+
 cdef _check_disjoint(outputs, inputs):
     for oname, o in outputs:
         for iname, i in inputs:
-            if o is not None and i is not None and np.may_share_memory(o, i):
+            if o is not None and i is not None and _may_overlap(o, i):
                 raise ValueError(f"{oname} must not share memory with {iname}")
 
 
