@@ -363,6 +363,42 @@ def test_torch_export_traces_torch_operator(kind, strict):
     torch.testing.assert_close(program.module()(x)[0], ours(x)[0], rtol=1e-5, atol=1e-6)
 
 
+class _Scriptable(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = lt.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+        self.b = lt.GRU(8, 5, dtype=torch.float64)
+        self.c = lt.RNNCell(5, 6, nonlinearity="relu", dtype=torch.float64)
+
+    def forward(self, x):
+        y, _ = self.a(x)
+        z, _ = self.b(y)
+        return self.c(z[-1])
+
+
+def test_torch_jit_script_compiles_torch_modules_holding_the_same_parameters():
+    """torch.jit.script of a model holding drop-ins: the kernels are no TorchScript, so
+    each drop-in offers (__prepare_scriptable__) the torch.nn module of its
+    configuration holding its very parameters; the scripted model computes the drop-ins'
+    outputs, trains their parameters, and saves and loads without lstmfast's classes."""
+    torch.manual_seed(0)
+    m = _Scriptable()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    want = m(x)
+    params = dict(m.named_parameters())
+    scripted = torch.jit.script(m)
+    torch.testing.assert_close(scripted(x), want, rtol=1e-12, atol=1e-14)
+    for name, p in scripted.named_parameters():
+        assert p is params[name], name
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    torch.testing.assert_close(torch.jit.load(buf)(x), want, rtol=1e-12, atol=1e-14)
+    # torch.jit.script puts what __prepare_scriptable__ returned in the model's place;
+    # the model still computes the same
+    torch.testing.assert_close(m(x), want, rtol=1e-12, atol=1e-14)
+
+
 def test_torch_compile_breaks_the_graph_once_per_module():
     """torch.compile of a model holding drop-ins of five sizes and the cells: torch.nn's
     losses and gradients, with dynamo compiling none of the drop-ins' own code (traced,

@@ -11,6 +11,7 @@ on tensors that are not plain CPU tensors, and for a second derivative
 count and, when torch's parallel backend is OpenMP, on torch's own OpenMP threads.
 Importing this module imports torch; importing ``lstmfast`` does not.
 """
+import copy
 import ctypes
 import functools
 import os
@@ -258,10 +259,14 @@ def _autocast_dtype():
     return torch.get_autocast_dtype("cpu") if on and torch.is_autocast_enabled("cpu") else None
 
 
+def _torch_class(module):
+    """The torch.nn class a module derives from."""
+    return next(c for c in type(module).__mro__ if c.__module__ == "torch.nn.modules.rnn")
+
+
 def _torch_name(module):
     """The name of the torch.nn class a module derives from (for messages)."""
-    return next(c.__name__ for c in type(module).__mro__
-                if c.__module__ == "torch.nn.modules.rnn")
+    return _torch_class(module).__name__
 
 
 @torch.compiler.disable
@@ -290,6 +295,13 @@ class _KernelModule:
         # opaque calls, recompiling them for every module's shapes (its limit of 8 was hit
         # in a model with a few drop-ins) and checking their guards on every call
         return _outside_dynamo(self._forward, input, hx)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script compiles torch.nn's forward (the kernels are no TorchScript):
+        # the same module as a torch.nn one, holding these very parameters
+        twin = copy.copy(self)
+        twin.__class__ = _torch_class(self)
+        return twin
 
     def _dtypes(self, dtype, input_dtype, autocast):
         """(output dtype, work dtype) for weights of `dtype`: half precision runs in
